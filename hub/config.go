@@ -1,0 +1,133 @@
+package hub
+
+import (
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// Config is the hub's configuration. The zero value of each field means its
+// default, as documented on the field.
+type Config struct {
+	// Addr is the TCP address for CAPS clients (default ":3000").
+	Addr string
+	// HTTPAddr serves /healthz, /readyz, /metrics, /ws and the dashboard
+	// (default ":8080"; "off" disables it).
+	HTTPAddr string
+	// DataDir holds the embedded engine's store. Required unless NATSURLs is set.
+	DataDir string
+	// NATSURLs, when set, joins an external NATS cluster instead of embedding one.
+	NATSURLs string
+	// Replicas for streams and buckets (0 = 3 on a cluster of 3+, else 1).
+	Replicas int
+	// Name identifies this hub in logs, events and WELCOME (default: host name).
+	Name string
+
+	// SyncAlways makes the embedded engine fsync before acknowledging (default
+	// true: an acknowledged publish survives kill -9 and power loss).
+	SyncAlways *bool
+	// EngineCluster makes the embedded engine a NATS cluster member.
+	EngineCluster EngineCluster
+
+	// TLS, when set, serves TCP and HTTP over TLS.
+	TLS *tls.Config
+
+	// Auth authenticates HELLOs; nil runs the hub open (identities are self-declared).
+	Auth Authenticator
+	// Legacy allows the classroom JSON dialect: "auto" (default: only when Auth is nil), "on", "off".
+	Legacy string
+	// AllowedOrigins for WebSocket upgrades (host patterns); empty allows same-origin only,
+	// "*" allows any origin.
+	AllowedOrigins []string
+
+	MaxConns         int           // concurrent connections (default 20000)
+	MaxFrame         int           // largest frame accepted (default 1 MiB)
+	MaxSubs          int           // subscriptions per connection (default 1000)
+	MaxPending       int           // outbound bytes queued per connection before it is a slow consumer (default 8 MiB)
+	PubRate          int           // publishes per second per connection (default 5000; <0 unlimited)
+	PubBurst         int           // burst for PubRate (default PubRate)
+	HandshakeTimeout time.Duration // default 5s
+	Heartbeat        time.Duration // ping interval when idle; dead after 2× (default 10s)
+	AckWait          time.Duration // durable redelivery when not acknowledged (default 30s)
+	MaxInFlight      int           // unacknowledged durable deliveries per session (default 64)
+	ShutdownTimeout  time.Duration // drain deadline on shutdown (default 10s)
+
+	// Quiet turns off the EVENT lines.
+	Quiet bool
+	// EventOut receives EVENT lines (default os.Stdout).
+	EventOut io.Writer
+	// Logger for operational logs (default slog.Default()).
+	Logger *slog.Logger
+
+	// Apps are the applications served on this hub (parcel dispatcher, chat…).
+	Apps []App
+}
+
+// EngineCluster configures the embedded NATS server as a member of a cluster.
+type EngineCluster struct {
+	Name   string
+	Listen string
+	Routes []string
+	Client string
+}
+
+func (c *Config) withDefaults() {
+	if c.Addr == "" {
+		c.Addr = ":3000"
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = ":8080"
+	}
+	if c.Legacy == "" {
+		c.Legacy = "auto"
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 20000
+	}
+	if c.MaxFrame <= 0 {
+		c.MaxFrame = 1 << 20
+	}
+	if c.MaxSubs <= 0 {
+		c.MaxSubs = 1000
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 8 << 20
+	}
+	if c.PubRate == 0 {
+		c.PubRate = 5000
+	}
+	if c.PubBurst <= 0 {
+		c.PubBurst = max(c.PubRate, 1)
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 5 * time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 10 * time.Second
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 64
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.SyncAlways == nil {
+		t := true
+		c.SyncAlways = &t
+	}
+}
+
+// legacyAllowed reports whether the classroom dialect is accepted.
+func (c *Config) legacyAllowed() bool {
+	switch c.Legacy {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	return c.Auth == nil
+}

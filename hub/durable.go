@@ -1,0 +1,401 @@
+package hub
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/caps-hub/caps/internal/engine"
+	"github.com/caps-hub/caps/protocol"
+)
+
+// durables runs durable subscriptions. A durable name is a JetStream
+// consumer shared by every session, on any hub, that subscribes with that
+// name: each stored message goes to one of them and waits for its ACK.
+// A hub runs one consumer subscription per durable name, whatever the number
+// of its local members.
+type durables struct {
+	h      *Hub
+	mu     sync.Mutex
+	groups map[string]*durableGroup
+	nextID atomic.Uint64
+}
+
+type durableGroup struct {
+	d       *durables
+	name    string
+	stream  string
+	pattern string
+	cc      jetstream.ConsumeContext
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	members []*durableMember
+	rr      int
+	closed  bool
+	started bool
+}
+
+// durableMember is one session's share of a durable group.
+type durableMember struct {
+	g        *durableGroup
+	s        *Session
+	sid      uint64
+	pattern  string
+	max      int
+	inflight map[uint64]jetstream.Msg // stream seq → message, guarded by g.mu
+	gone     bool
+}
+
+var durableNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func newDurables(h *Hub) *durables {
+	return &durables{h: h, groups: map[string]*durableGroup{}}
+}
+
+// join adds s to the durable group name, creating the JetStream consumer on
+// first use. The consumer is not started until start(m), after the OK.
+func (d *durables) join(ctx context.Context, s *Session, pattern, name string, flags protocol.Flags, opts protocol.SubOptions) (*durableMember, error) {
+	if !durableNameRE.MatchString(name) {
+		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("bad durable name %q: 1-64 of A-Z a-z 0-9 _ -", name))
+	}
+	stream := d.h.streamFor([]byte(pattern))
+	if stream == "" {
+		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("%q is not a stored topic; durable subscriptions need one", pattern))
+	}
+	if !d.h.EngineReady() {
+		return nil, Reject(protocol.CodeUnavailable, "the engine is unavailable")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	g := d.groups[name]
+	if g != nil {
+		g.mu.Lock()
+		closed := g.closed
+		g.mu.Unlock()
+		if closed {
+			g = nil // its last member is leaving; start afresh
+		}
+	}
+	if g != nil && g.pattern != pattern {
+		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("durable %q is already used on this hub for %q", name, g.pattern))
+	}
+	if g == nil {
+		if _, err := d.ensureConsumer(ctx, stream, pattern, name, flags, opts); err != nil {
+			return nil, err
+		}
+		g = &durableGroup{d: d, name: name, stream: stream, pattern: pattern}
+		g.cond = sync.NewCond(&g.mu)
+		d.groups[name] = g
+	}
+	m := &durableMember{
+		g: g, s: s, pattern: pattern,
+		sid:      durableSIDBase + d.nextID.Add(1),
+		max:      opts.MaxInFlight,
+		inflight: map[uint64]jetstream.Msg{},
+	}
+	if m.max <= 0 {
+		m.max = d.h.cfg.MaxInFlight
+	}
+	g.mu.Lock()
+	g.members = append(g.members, m)
+	g.mu.Unlock()
+	return m, nil
+}
+
+// ensureConsumer creates the consumer, or points an existing one at pattern.
+func (d *durables) ensureConsumer(ctx context.Context, stream, pattern, name string, flags protocol.Flags, opts protocol.SubOptions) (jetstream.Consumer, error) {
+	js := d.h.eng.JS
+	c, err := js.Consumer(ctx, stream, name)
+	if err == nil {
+		info := c.CachedInfo()
+		if info.Config.FilterSubject == engine.Subject(pattern) {
+			return c, nil
+		}
+		cfg := info.Config
+		cfg.FilterSubject = engine.Subject(pattern)
+		c, err = js.UpdateConsumer(ctx, stream, cfg)
+		if err != nil {
+			return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("update consumer %s: %v", name, err))
+		}
+		return c, nil
+	}
+	if !engine.IsNotFound(err) {
+		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("consumer %s: %v", name, err))
+	}
+	ackWait := d.h.cfg.AckWait
+	if opts.AckWaitMS > 0 {
+		ackWait = time.Duration(opts.AckWaitMS) * time.Millisecond
+	}
+	deliver := jetstream.DeliverNewPolicy
+	if flags&protocol.FlagDeliverAll != 0 {
+		deliver = jetstream.DeliverAllPolicy
+	}
+	c, err = js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable:           name,
+		FilterSubject:     engine.Subject(pattern),
+		AckPolicy:         jetstream.AckExplicitPolicy,
+		AckWait:           ackWait,
+		DeliverPolicy:     deliver,
+		MaxDeliver:        -1,
+		MaxAckPending:     10000,
+		InactiveThreshold: 30 * 24 * time.Hour,
+		Replicas:          d.h.eng.Replicas,
+	})
+	if err != nil {
+		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("create consumer %s: %v", name, err))
+	}
+	return c, nil
+}
+
+// start begins consuming for m's group if this hub is not already.
+func (d *durables) start(m *durableMember) {
+	g := m.g
+	g.mu.Lock()
+	if g.started || g.closed {
+		g.mu.Unlock()
+		return
+	}
+	g.started = true
+	g.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.h.eng.JS.Consumer(ctx, g.stream, g.name)
+	if err == nil {
+		var cc jetstream.ConsumeContext
+		cc, err = c.Consume(g.handle,
+			jetstream.PullMaxMessages(64),
+			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+				d.h.log.Debug("durable consume", "durable", g.name, "err", err)
+			}))
+		if err == nil {
+			g.mu.Lock()
+			g.cc = cc
+			closed := g.closed
+			g.mu.Unlock()
+			if closed {
+				cc.Stop()
+			}
+			return
+		}
+	}
+	d.h.log.Error("start durable", "durable", g.name, "err", err)
+	m.s.sendErr(0, protocol.CodeUnavailable, fmt.Sprintf("durable %s: %v", g.name, err))
+}
+
+// handle gives one stored message to one member with room for it. It blocks
+// (back-pressure on the consumer) while every member is at its limit.
+func (g *durableGroup) handle(msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		_ = msg.Nak()
+		return
+	}
+	seq := meta.Sequence.Stream
+	topic := []byte(engine.Topic(msg.Subject()))
+	payload := msg.Data()
+	h := g.d.h
+
+	g.mu.Lock()
+	// A redelivery of something a member still holds: its ack wait ran out,
+	// so take it back and prefer someone else.
+	var prev *durableMember
+	for _, m := range g.members {
+		if _, ok := m.inflight[seq]; ok {
+			delete(m.inflight, seq)
+			prev = m
+		}
+	}
+	tried := map[*durableMember]bool{}
+	for {
+		if g.closed {
+			g.mu.Unlock()
+			_ = msg.Nak()
+			return
+		}
+		m := g.pick(prev, tried)
+		if m == nil {
+			if len(tried) > 0 && len(tried) >= len(g.members) {
+				// Every member refused it (deliver hooks): let the ack wait bring it back.
+				g.mu.Unlock()
+				_ = msg.NakWithDelay(time.Second)
+				return
+			}
+			g.cond.Wait()
+			continue
+		}
+		m.inflight[seq] = msg
+		g.mu.Unlock()
+
+		if err := h.runDeliverHooks(m.s, topic, payload); err != nil {
+			g.mu.Lock()
+			delete(m.inflight, seq)
+			tried[m] = true
+			continue
+		}
+		flags := protocol.FlagAckRequired
+		if meta.NumDelivered > 1 {
+			flags |= protocol.FlagRedelivered
+		}
+		f := protocol.Frame{Op: protocol.OpMsg, Flags: flags, ID: m.sid, Seq: seq, Topic: topic, Payload: payload}
+		if k := msg.Headers().Get(nats.MsgIdHdr); k != "" {
+			f.Key = []byte(k)
+		}
+		if m.s.deliver(f.Encode(), &f) {
+			h.metrics.deliveries.Inc()
+			return
+		}
+		// The session is closing: try another member.
+		g.mu.Lock()
+		delete(m.inflight, seq)
+		tried[m] = true
+	}
+}
+
+// pick returns the member with the most room, avoiding prev when another
+// has room. Called with g.mu held.
+func (g *durableGroup) pick(prev *durableMember, tried map[*durableMember]bool) *durableMember {
+	var best *durableMember
+	bestRoom := 0
+	n := len(g.members)
+	for i := 0; i < n; i++ {
+		m := g.members[(g.rr+i)%n]
+		if m.gone || tried[m] {
+			continue
+		}
+		room := m.max - len(m.inflight)
+		if room <= 0 {
+			continue
+		}
+		if m == prev && n > 1 {
+			room = 0 // last resort
+			if best == nil {
+				best = m
+			}
+			continue
+		}
+		if room > bestRoom {
+			best, bestRoom = m, room
+		}
+	}
+	g.rr++
+	return best
+}
+
+func (h *Hub) runDeliverHooks(s *Session, topic, payload []byte) error {
+	if len(h.deliverHooks) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	t := string(topic)
+	for _, dh := range h.deliverHooks {
+		if protocol.Match(dh.pattern, topic) {
+			if err := dh.fn(ctx, s.info, t, payload); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// handleAck acknowledges (or gives back) one delivery.
+func (s *Session) handleAck(f *protocol.Frame) {
+	s.subMu.Lock()
+	m := s.dur[f.ID]
+	s.subMu.Unlock()
+	if m == nil {
+		s.sendErr(f.ID, protocol.CodeNotFound, fmt.Sprintf("no durable subscription %d", f.ID))
+		return
+	}
+	g := m.g
+	g.mu.Lock()
+	msg, ok := m.inflight[f.Seq]
+	delete(m.inflight, f.Seq)
+	g.cond.Broadcast()
+	g.mu.Unlock()
+	if !ok {
+		s.sendErr(f.ID, protocol.CodeNotFound, fmt.Sprintf("sequence %d is not awaiting an ack on this connection (already acknowledged, or redelivered after the ack wait)", f.Seq))
+		return
+	}
+	var err error
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	switch {
+	case f.Op == protocol.OpNak:
+		err = msg.Nak()
+	case f.Flags&protocol.FlagConfirm != 0:
+		err = msg.DoubleAck(ctx)
+	default:
+		err = msg.Ack()
+	}
+	if err != nil {
+		s.sendErr(f.ID, protocol.CodeUnavailable, fmt.Sprintf("ack %d: %v", f.Seq, err))
+		return
+	}
+	if f.Flags&protocol.FlagConfirm != 0 {
+		s.sendFrame(&protocol.Frame{Op: protocol.OpOK, Flags: protocol.FlagConfirm, ID: f.ID, Seq: f.Seq})
+	}
+}
+
+// leave removes a member: its unacknowledged deliveries are handed back at
+// once, and the hub stops consuming when its last local member leaves.
+func (d *durables) leave(m *durableMember) {
+	g := m.g
+	g.mu.Lock()
+	m.gone = true
+	held := m.inflight
+	m.inflight = map[uint64]jetstream.Msg{}
+	for i, x := range g.members {
+		if x == m {
+			g.members = append(g.members[:i], g.members[i+1:]...)
+			break
+		}
+	}
+	last := len(g.members) == 0
+	if last {
+		g.closed = true
+	}
+	g.cond.Broadcast()
+	cc := g.cc
+	g.mu.Unlock()
+	for _, msg := range held {
+		_ = msg.Nak()
+	}
+	if last {
+		d.mu.Lock()
+		if d.groups[g.name] == g {
+			delete(d.groups, g.name)
+		}
+		d.mu.Unlock()
+		if cc != nil {
+			cc.Stop()
+		}
+	}
+}
+
+func (d *durables) stopAll() {
+	d.mu.Lock()
+	gs := make([]*durableGroup, 0, len(d.groups))
+	for _, g := range d.groups {
+		gs = append(gs, g)
+	}
+	d.groups = map[string]*durableGroup{}
+	d.mu.Unlock()
+	for _, g := range gs {
+		g.mu.Lock()
+		g.closed = true
+		g.cond.Broadcast()
+		cc := g.cc
+		g.mu.Unlock()
+		if cc != nil {
+			cc.Stop()
+		}
+	}
+}

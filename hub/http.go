@@ -1,0 +1,34 @@
+package hub
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// httpHandler serves health, readiness, metrics, the WebSocket endpoint and
+// whatever apps added (the dashboard).
+func (h *Hub) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ready := h.EngineReady() && !h.stopping.Load()
+		w.Header().Set("Content-Type", "application/json")
+		if !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		json.NewEncoder(w).Encode(map[string]any{
+			"ready":    ready,
+			"engine":   h.EngineReady(),
+			"stopping": h.stopping.Load(),
+			"sessions": h.nconns.Load(),
+		})
+	})
+	mux.Handle("GET /metrics", h.metrics.Handler())
+	mux.HandleFunc("/ws", h.serveWebSocket)
+	for _, fn := range h.httpExtra {
+		fn(mux)
+	}
+	return mux
+}

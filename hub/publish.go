@@ -1,0 +1,180 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/caps-hub/caps/internal/engine"
+	"github.com/caps-hub/caps/protocol"
+)
+
+// streamFor returns the stream that stores topic (or every topic of a
+// pattern), or "" when it is live only.
+func (h *Hub) streamFor(pattern []byte) string {
+	for _, s := range h.streams {
+		for _, t := range s.Topics {
+			if Covers([]byte(t), pattern) {
+				return s.Name
+			}
+		}
+	}
+	return ""
+}
+
+// publish sends a message into the engine. Stored topics go through
+// JetStream and return once the engine has acknowledged them (so an OK to a
+// client means it is on disk); live topics are handed to NATS.
+func (h *Hub) publish(ctx context.Context, topic, key, payload []byte) (uint64, error) {
+	return h.publishChecked(ctx, topic, key, payload, false)
+}
+
+func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, requireStored bool) (uint64, error) {
+	if !h.EngineReady() {
+		return 0, Reject(protocol.CodeUnavailable, "the engine is unavailable; nothing was stored, retry later")
+	}
+	m := &nats.Msg{Subject: engine.SubjectPrefix + string(topic), Data: payload}
+	if len(key) > 0 {
+		m.Header = nats.Header{nats.MsgIdHdr: []string{string(key)}}
+	}
+	if h.streamFor(topic) != "" {
+		ack, err := h.eng.JS.PublishMsg(ctx, m)
+		if err != nil {
+			return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("store %s: %v", topic, err))
+		}
+		return ack.Sequence, nil
+	}
+	if requireStored {
+		return 0, Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q is not stored", topic))
+	}
+	if err := h.eng.NC.PublishMsg(m); err != nil {
+		return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("publish %s: %v", topic, err))
+	}
+	return 0, nil
+}
+
+// sendHistory replays the last n stored messages matching pattern to s,
+// marked FlagHistory, before its live subscription starts.
+func (h *Hub) sendHistory(ctx context.Context, s *Session, pattern string, n int, sid uint64) error {
+	stream := h.streamFor([]byte(pattern))
+	if stream == "" {
+		return Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q has no history", pattern))
+	}
+	cons, err := h.eng.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{engine.Subject(pattern)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
+	}
+	info := cons.CachedInfo()
+	pending := int(info.NumPending)
+	if pending == 0 {
+		return nil
+	}
+	ring := make([]jetstream.Msg, 0, n)
+	for read := 0; read < pending; {
+		batch, err := cons.Fetch(min(pending-read, 256), jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			if len(ring) == n {
+				copy(ring, ring[1:])
+				ring = ring[:n-1]
+			}
+			ring = append(ring, m)
+		}
+		if got == 0 {
+			break
+		}
+		read += got
+	}
+	for _, m := range ring {
+		meta, _ := m.Metadata()
+		var seq uint64
+		if meta != nil {
+			seq = meta.Sequence.Stream
+		}
+		f := protocol.Frame{
+			Op: protocol.OpMsg, Flags: protocol.FlagHistory, Seq: seq,
+			Topic: []byte(engine.Topic(m.Subject())), Key: []byte(m.Headers().Get(nats.MsgIdHdr)), Payload: m.Data(),
+		}
+		f.ID = sid
+		s.deliver(f.Encode(), &f)
+	}
+	return nil
+}
+
+// eventName is how a topic appears in EVENT lines and classroom objects.
+func (h *Hub) eventName(topic []byte) string {
+	for _, n := range h.eventNamers {
+		if protocol.Match(n.pattern, topic) {
+			return n.fn(string(topic))
+		}
+	}
+	return string(topic)
+}
+
+type eventLine struct {
+	Event   string          `json:"event"`
+	Topic   string          `json:"topic"`
+	Time    string          `json:"time"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// logEvent prints the classroom hub's EVENT line for a routed event.
+func (h *Hub) logEvent(topic, payload []byte) {
+	if h.events.quiet {
+		return
+	}
+	line := eventLine{
+		Event:   h.eventName(topic),
+		Topic:   string(topic),
+		Time:    time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00"),
+		Payload: jsonOrString(payload),
+	}
+	b, err := json.Marshal(line)
+	if err != nil {
+		return
+	}
+	out := make([]byte, 0, len(b)+7)
+	out = append(out, "EVENT "...)
+	out = append(out, b...)
+	out = append(out, '\n')
+	h.events.write(out)
+}
+
+// jsonOrString returns payload itself when it is JSON, else it as a JSON string.
+func jsonOrString(p []byte) json.RawMessage {
+	if len(p) > 0 && json.Valid(p) {
+		return p
+	}
+	b, _ := json.Marshal(string(p))
+	return b
+}
+
+// clientEvent publishes client.connected / client.disconnected.
+func (h *Hub) clientEvent(topic string, s *Session) {
+	ev := struct {
+		SessionInfo
+		Time   time.Time `json:"time"`
+		Reason string    `json:"reason,omitempty"`
+	}{SessionInfo: s.info, Time: time.Now().UTC()}
+	if topic == "client.disconnected" && s.closeErr != nil {
+		ev.Reason = s.closeErr.Error()
+	}
+	b, _ := json.Marshal(ev)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := h.publish(ctx, []byte(topic), nil, b); err != nil {
+		h.log.Debug("publish client event", "topic", topic, "err", err)
+	}
+	h.logEvent([]byte(topic), b)
+}

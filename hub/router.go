@@ -1,0 +1,337 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/caps-hub/caps/internal/engine"
+	"github.com/caps-hub/caps/protocol"
+)
+
+type natsConn = nats.Conn
+
+// router keeps one engine subscription per (pattern, queue group) on this
+// hub and fans each message out to the local sessions that want it, encoding
+// the MSG frame once for all of them.
+type router struct {
+	h      *Hub
+	mu     sync.Mutex
+	subs   map[subKey]*topicSub
+	nextID atomic.Uint64
+}
+
+type subKey struct{ pattern, group string }
+
+// topicSub is one engine subscription and its local subscribers.
+type topicSub struct {
+	sid     uint64
+	pattern string
+	group   string
+	nsub    *nats.Subscription
+	// members is replaced, never mutated, so deliveries read it without a lock.
+	members atomic.Pointer[[]*Session]
+	rr      atomic.Uint64
+	dead    bool // engine subscription dropped (guarded by router.mu)
+}
+
+func newRouter(h *Hub) *router {
+	r := &router{h: h, subs: map[subKey]*topicSub{}}
+	return r
+}
+
+// sid space: live subscription ids count up from 1; durable members use the
+// high half so the two never collide on a session.
+const durableSIDBase = 1 << 62
+
+// add subscribes s to pattern (in group), creating the engine subscription
+// if this hub has none for it yet.
+func (r *router) add(s *Session, pattern, group string) (*topicSub, error) {
+	ts, err := r.open(pattern, group)
+	if err != nil {
+		return nil, err
+	}
+	r.join(ts, s)
+	return ts, nil
+}
+
+// open returns the hub's subscription for (pattern, group), creating it
+// (with no members yet) if needed.
+func (r *router) open(pattern, group string) (*topicSub, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := subKey{pattern, group}
+	ts := r.subs[k]
+	if ts == nil {
+		ts = &topicSub{sid: r.nextID.Add(1), pattern: pattern, group: group}
+		ts.members.Store(&[]*Session{})
+		if err := r.subscribe(ts); err != nil {
+			return nil, err
+		}
+		r.subs[k] = ts
+	}
+	return ts, nil
+}
+
+// join adds s to the members of ts.
+func (r *router) join(ts *topicSub, s *Session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *ts.members.Load()
+	for _, m := range old {
+		if m == s {
+			return
+		}
+	}
+	nm := make([]*Session, len(old), len(old)+1)
+	copy(nm, old)
+	nm = append(nm, s)
+	ts.members.Store(&nm)
+	if ts.dead {
+		// ts was dropped while empty between open and join: revive it.
+		if err := r.subscribe(ts); err != nil {
+			r.h.log.Error("engine resubscribe", "pattern", ts.pattern, "err", err)
+		}
+		ts.dead = false
+		r.subs[subKey{ts.pattern, ts.group}] = ts
+	}
+}
+
+func (r *router) subscribe(ts *topicSub) error {
+	var err error
+	subj := engine.Subject(ts.pattern)
+	if ts.group != "" {
+		ts.nsub, err = r.h.eng.NC.QueueSubscribe(subj, ts.group, ts.handler(r.h))
+	} else {
+		ts.nsub, err = r.h.eng.NC.Subscribe(subj, ts.handler(r.h))
+	}
+	if err != nil {
+		return fmt.Errorf("engine subscribe %s: %w", ts.pattern, err)
+	}
+	// Fan-out happens here, so let the engine buffer generously instead of
+	// dropping messages for a busy topic.
+	_ = ts.nsub.SetPendingLimits(1<<20, 256<<20)
+	return nil
+}
+
+// remove takes s out of ts, dropping the engine subscription with the last member.
+func (r *router) remove(ts *topicSub, s *Session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *ts.members.Load()
+	nm := make([]*Session, 0, len(old))
+	for _, m := range old {
+		if m != s {
+			nm = append(nm, m)
+		}
+	}
+	ts.members.Store(&nm)
+	if len(nm) == 0 {
+		if ts.nsub != nil {
+			_ = ts.nsub.Unsubscribe()
+		}
+		ts.dead = true
+		if r.subs[subKey{ts.pattern, ts.group}] == ts {
+			delete(r.subs, subKey{ts.pattern, ts.group})
+		}
+	}
+}
+
+func (r *router) stopAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, ts := range r.subs {
+		if ts.nsub != nil {
+			_ = ts.nsub.Unsubscribe()
+		}
+		delete(r.subs, k)
+	}
+}
+
+// handler delivers one engine message to local members: all of them, or one
+// (round robin) for a queue group. The frame is encoded once and shared.
+func (ts *topicSub) handler(h *Hub) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		members := *ts.members.Load()
+		if len(members) == 0 {
+			return
+		}
+		topic := []byte(engine.Topic(m.Subject))
+		var key []byte
+		if m.Header != nil {
+			key = []byte(m.Header.Get(nats.MsgIdHdr))
+		}
+		f := protocol.Frame{Op: protocol.OpMsg, ID: ts.sid, Topic: topic, Key: key, Payload: m.Data}
+		frame := f.Encode()
+		if ts.group != "" {
+			// One member of the group gets it; skip members that are closing.
+			n := uint64(len(members))
+			start := ts.rr.Add(1)
+			for i := uint64(0); i < n; i++ {
+				s := members[(start+i)%n]
+				if s.perms.denySub != nil && s.perms.deniedDelivery(topic) {
+					continue
+				}
+				if s.deliver(frame, &f) {
+					h.metrics.deliveries.Inc()
+					return
+				}
+			}
+			return
+		}
+		for _, s := range members {
+			if len(s.perms.denySub) > 0 && s.perms.deniedDelivery(topic) {
+				continue
+			}
+			if s.deliver(frame, &f) {
+				h.metrics.deliveries.Inc()
+			}
+		}
+	}
+}
+
+// deliver queues a MSG for this session: the shared encoding for native
+// sessions, a classroom object for legacy ones.
+func (s *Session) deliver(frame []byte, f *protocol.Frame) bool {
+	if s.legacy != nil {
+		return s.legacy.sendFrame(s, f)
+	}
+	return s.send(frame)
+}
+
+// deliverDirect sends a message that belongs to no subscription (sid 0).
+func (s *Session) deliverDirect(topic, payload []byte) {
+	f := protocol.Frame{Op: protocol.OpMsg, Topic: topic, Payload: payload}
+	s.deliver(f.Encode(), &f)
+}
+
+// handleSub subscribes the session: live (shared engine subscription) or
+// durable (a JetStream consumer).
+func (s *Session) handleSub(f *protocol.Frame) {
+	h := s.hub
+	pattern := string(f.Topic)
+	if !protocol.ValidPattern(f.Topic) {
+		s.sendErr(f.ID, protocol.CodeBadTopic, fmt.Sprintf("invalid pattern %q", pattern))
+		return
+	}
+	if !s.perms.canSubscribe(f.Topic) {
+		h.metrics.errors.WithLabelValues(protocol.CodeForbidden).Inc()
+		s.sendErr(f.ID, protocol.CodeForbidden, fmt.Sprintf("%s %q may not subscribe to %q", s.info.Role, s.info.Name, pattern))
+		return
+	}
+	var opts protocol.SubOptions
+	if len(f.Payload) > 0 {
+		if err := json.Unmarshal(f.Payload, &opts); err != nil {
+			s.sendErr(f.ID, protocol.CodeBadRequest, "SUB options are not JSON: "+err.Error())
+			return
+		}
+	}
+	group, durable := string(f.Group), string(f.Key)
+	if group != "" && !protocol.ValidName(group) {
+		s.sendErr(f.ID, protocol.CodeBadRequest, fmt.Sprintf("bad queue group %q", group))
+		return
+	}
+	s.subMu.Lock()
+	n := s.nsubs
+	s.subMu.Unlock()
+	if n >= h.cfg.MaxSubs {
+		h.metrics.errors.WithLabelValues(protocol.CodeTooManySubs).Inc()
+		s.sendErr(f.ID, protocol.CodeTooManySubs, fmt.Sprintf("at most %d subscriptions per connection", h.cfg.MaxSubs))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.runSubHooks(ctx, s, pattern); err != nil {
+		code, text := errCode(err, protocol.CodeRejected)
+		h.metrics.errors.WithLabelValues(code).Inc()
+		s.sendErr(f.ID, code, text)
+		return
+	}
+	if durable != "" {
+		m, err := h.durables.join(ctx, s, pattern, durable, f.Flags, opts)
+		if err != nil {
+			code, text := errCode(err, protocol.CodeInternal)
+			s.sendErr(f.ID, code, text)
+			h.runUnsubHooks(s, pattern)
+			return
+		}
+		s.subMu.Lock()
+		s.dur[m.sid] = m
+		s.nsubs++
+		s.subMu.Unlock()
+		s.sendFrame(&protocol.Frame{Op: protocol.OpOK, ID: f.ID, Seq: m.sid})
+		h.durables.start(m)
+		return
+	}
+	ts, err := h.router.open(pattern, group)
+	if err != nil {
+		s.sendErr(f.ID, protocol.CodeUnavailable, err.Error())
+		h.runUnsubHooks(s, pattern)
+		return
+	}
+	s.subMu.Lock()
+	_, dup := s.live[ts.sid]
+	if !dup {
+		s.live[ts.sid] = ts
+		s.nsubs++
+	}
+	s.subMu.Unlock()
+	s.sendFrame(&protocol.Frame{Op: protocol.OpOK, ID: f.ID, Seq: ts.sid})
+	// History (after the OK, so it carries the sid) and then live: a newcomer
+	// sees the conversation in order.
+	if opts.History > 0 {
+		if err := h.sendHistory(ctx, s, pattern, opts.History, ts.sid); err != nil {
+			code, text := errCode(err, protocol.CodeInternal)
+			s.sendErr(0, code, text)
+		}
+	}
+	h.router.join(ts, s)
+}
+
+func (s *Session) handleUnsub(f *protocol.Frame) {
+	s.subMu.Lock()
+	ts, live := s.live[f.ID]
+	m, dur := s.dur[f.ID]
+	delete(s.live, f.ID)
+	delete(s.dur, f.ID)
+	if live || dur {
+		s.nsubs--
+	}
+	s.subMu.Unlock()
+	switch {
+	case live:
+		s.hub.router.remove(ts, s)
+		s.hub.runUnsubHooks(s, ts.pattern)
+	case dur:
+		s.hub.durables.leave(m)
+		s.hub.runUnsubHooks(s, m.pattern)
+	default:
+		s.sendErr(f.ID, protocol.CodeNotFound, fmt.Sprintf("no subscription %d", f.ID))
+	}
+}
+
+func (h *Hub) runSubHooks(ctx context.Context, s *Session, pattern string) error {
+	p := []byte(pattern)
+	for _, sh := range h.subHooks {
+		if Covers(sh.pattern, p) {
+			if err := sh.fn(ctx, s.info, pattern); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (h *Hub) runUnsubHooks(s *Session, pattern string) {
+	p := []byte(pattern)
+	for _, uh := range h.unsubHooks {
+		if Covers(uh.pattern, p) {
+			uh.fn(s.info, pattern)
+		}
+	}
+}
