@@ -1,0 +1,125 @@
+package protocol
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+)
+
+// Hello is the JSON payload of the client's first frame.
+type Hello struct {
+	Version int    `json:"version"`
+	Role    string `json:"role"`            // vendor, driver, chat, logger, admin, client
+	Name    string `json:"name"`            // display name; a vendor's store
+	Token   string `json:"token,omitempty"` // credentials when the hub runs with --auth
+	// Resume names the session this client had before a reconnect, so the hub
+	// can tell presence "reconnected" apart from "joined".
+	Resume string `json:"resume,omitempty"`
+}
+
+// Welcome is the JSON payload of the hub's answer to a good Hello.
+type Welcome struct {
+	Session     string `json:"session"`
+	Hub         string `json:"hub"`          // the hub's name, for logs and failover
+	HeartbeatMS int    `json:"heartbeat_ms"` // ping when idle this long; peer is dead after 2×
+	MaxFrame    int    `json:"max_frame"`
+	MaxSubs     int    `json:"max_subs"`
+	MaxPubRate  int    `json:"max_pub_rate"` // publishes per second, 0 = unlimited
+	Role        string `json:"role"`         // as granted (may differ from asked with auth)
+	Name        string `json:"name"`
+	Resumed     bool   `json:"resumed,omitempty"`
+}
+
+// Roles a client may announce.
+const (
+	RoleVendor = "vendor"
+	RoleDriver = "driver"
+	RoleChat   = "chat"
+	RoleLogger = "logger"
+	RoleAdmin  = "admin"
+	RoleClient = "client" // generic publish/subscribe client
+)
+
+// ValidRole reports whether r is a role the hub knows.
+func ValidRole(r string) bool {
+	switch r {
+	case RoleVendor, RoleDriver, RoleChat, RoleLogger, RoleAdmin, RoleClient:
+		return true
+	}
+	return false
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$`)
+
+// ValidName reports whether n can be a client name: 1–32 letters, digits,
+// '_', '.', '-', starting with a letter or digit. Names appear in topics, so
+// they must not contain spaces or wildcards.
+func ValidName(n string) bool { return nameRE.MatchString(n) }
+
+// ParseHello decodes and checks a HELLO payload.
+func ParseHello(b []byte) (Hello, error) {
+	var h Hello
+	if err := json.Unmarshal(b, &h); err != nil {
+		return h, fmt.Errorf("hello is not JSON: %w", err)
+	}
+	if h.Version != Version {
+		return h, fmt.Errorf("protocol version %d not supported (want %d)", h.Version, Version)
+	}
+	if h.Role == "" {
+		h.Role = RoleClient
+	}
+	if !ValidRole(h.Role) {
+		return h, fmt.Errorf("unknown role %q", h.Role)
+	}
+	if !ValidName(h.Name) {
+		return h, fmt.Errorf("bad name %q: 1-32 of A-Z a-z 0-9 _ . -, starting with a letter or digit", h.Name)
+	}
+	return h, nil
+}
+
+// Error codes carried in the topic field of an ERR frame.
+const (
+	CodeBadFrame       = "bad_frame"         // undecodable bytes; fatal
+	CodeFrameTooLarge  = "frame_too_large"   // length over the limit; fatal
+	CodeHandshake      = "handshake"         // bad or missing HELLO; fatal
+	CodeHandshakeTime  = "handshake_timeout" // no HELLO in time; fatal
+	CodeAuth           = "unauthorized"      // bad token; fatal
+	CodeForbidden      = "forbidden"         // not allowed for this identity
+	CodeBadTopic       = "bad_topic"         // invalid topic or pattern
+	CodeBadRequest     = "bad_request"       // malformed operation or payload
+	CodeRejected       = "rejected"          // refused by an application rule
+	CodeNotFound       = "not_found"         // no such subscription, order, service
+	CodeTooManySubs    = "too_many_subs"     // subscription limit
+	CodeRateLimited    = "rate_limited"      // publish rate limit
+	CodeSlowConsumer   = "slow_consumer"     // outbound queue overflowed; fatal
+	CodeHeartbeat      = "heartbeat_timeout" // peer missed pings; fatal
+	CodeUnavailable    = "unavailable"       // engine down; retry later
+	CodeNameTaken      = "name_taken"        // another live client holds the name
+	CodeTooManyConns   = "too_many_conns"    // connection limit; fatal
+	CodeShuttingDown   = "shutting_down"     // hub is stopping
+	CodeInternal       = "internal"          // hub bug or engine failure
+	CodeLegacyDisabled = "legacy_disabled"   // classroom dialect refused; fatal
+)
+
+// ErrorFrame builds an ERR frame.
+func ErrorFrame(id uint64, code, text string, fatal bool) *Frame {
+	f := &Frame{Op: OpErr, ID: id, Topic: []byte(code), Payload: []byte(text)}
+	if fatal {
+		f.Flags |= FlagFatal
+	}
+	return f
+}
+
+// Error is an ERR frame received from the peer, as a Go error.
+type Error struct {
+	Code  string
+	Text  string
+	Fatal bool
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Text }
+
+// AsError converts an ERR frame into an *Error.
+func AsError(f *Frame) *Error {
+	return &Error{Code: string(f.Topic), Text: string(f.Payload), Fatal: f.Flags&FlagFatal != 0}
+}

@@ -1,0 +1,123 @@
+package protocol
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// Reader decodes frames from a byte stream. A frame split across many reads
+// and many frames arriving in one read decode the same. After the buffer has
+// grown to fit the largest frame seen, Next allocates nothing.
+type Reader struct {
+	r        io.Reader
+	buf      []byte
+	start    int // first unconsumed byte
+	end      int // one past the last buffered byte
+	maxFrame int
+	frame    Frame
+}
+
+// NewReader returns a Reader that refuses frames longer than maxFrame bytes
+// (DefaultMaxFrame when maxFrame ≤ 0).
+func NewReader(r io.Reader, maxFrame int) *Reader {
+	if maxFrame <= 0 {
+		maxFrame = DefaultMaxFrame
+	}
+	return &Reader{r: r, buf: make([]byte, 4096), maxFrame: maxFrame}
+}
+
+// Buffered reports how many bytes are read from the stream but not yet decoded.
+// A writer may use it to decide when to flush replies.
+func (d *Reader) Buffered() int { return d.end - d.start }
+
+// Next returns the next frame. The frame and its slices are valid until the
+// next call to Next. Errors wrapping ErrFrameTooLarge, ErrFrameTooSmall,
+// ErrUnknownOp and ErrMalformed mean the stream cannot be trusted any further.
+func (d *Reader) Next() (*Frame, error) {
+	if err := d.fill(HeaderLen); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint32(d.buf[d.start:]))
+	if n > d.maxFrame {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, d.maxFrame)
+	}
+	if n < minBody {
+		return nil, fmt.Errorf("%w: %d bytes", ErrFrameTooSmall, n)
+	}
+	if err := d.fill(HeaderLen + n); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	body := d.buf[d.start+HeaderLen : d.start+HeaderLen+n]
+	d.start += HeaderLen + n
+	if err := d.frame.Parse(body); err != nil {
+		return nil, err
+	}
+	return &d.frame, nil
+}
+
+// fill makes sure at least need bytes are buffered, reading as much as the
+// stream offers in each call so that coalesced frames cost one read.
+func (d *Reader) fill(need int) error {
+	if d.end-d.start >= need {
+		return nil
+	}
+	if d.start+need > len(d.buf) {
+		// Move the partial frame to the front, growing the buffer if it cannot fit.
+		if need > len(d.buf) {
+			size := len(d.buf) * 2
+			for size < need {
+				size *= 2
+			}
+			nb := make([]byte, size)
+			copy(nb, d.buf[d.start:d.end])
+			d.buf = nb
+		} else {
+			copy(d.buf, d.buf[d.start:d.end])
+		}
+		d.end -= d.start
+		d.start = 0
+	}
+	for d.end-d.start < need {
+		m, err := d.r.Read(d.buf[d.end:])
+		d.end += m
+		if err != nil {
+			if d.end-d.start >= need {
+				return nil
+			}
+			if err == io.EOF && d.end-d.start > 0 {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// Decode parses exactly one whole frame (with its length prefix) from b, as
+// carried in one WebSocket message. It returns the bytes after the frame.
+func Decode(b []byte, maxFrame int, f *Frame) (rest []byte, err error) {
+	if maxFrame <= 0 {
+		maxFrame = DefaultMaxFrame
+	}
+	if len(b) < HeaderLen {
+		return b, fmt.Errorf("%w: %d bytes", ErrFrameTooSmall, len(b))
+	}
+	n := int(binary.BigEndian.Uint32(b))
+	if n > maxFrame {
+		return b, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, maxFrame)
+	}
+	if n < minBody {
+		return b, fmt.Errorf("%w: %d bytes", ErrFrameTooSmall, n)
+	}
+	if len(b)-HeaderLen < n {
+		return b, fmt.Errorf("%w: length %d, have %d", ErrMalformed, n, len(b)-HeaderLen)
+	}
+	if err := f.Parse(b[HeaderLen : HeaderLen+n]); err != nil {
+		return b, err
+	}
+	return b[HeaderLen+n:], nil
+}

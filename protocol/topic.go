@@ -1,0 +1,92 @@
+package protocol
+
+// Topics are dot-separated tokens, as in NATS: "parcel.pickup.acme".
+// A pattern may use "*" for exactly one token and ">" as its last token for
+// one or more tokens. Tokens are 1–64 bytes of printable ASCII other than
+// space, '.', '*', '>' and '$' (reserved for the hub's own subjects).
+const (
+	MaxTopicLen   = 256
+	maxTokenLen   = 64
+	wildcardOne   = '*'
+	wildcardTail  = '>'
+	tokenSep      = '.'
+	reservedStart = '$'
+)
+
+// ValidTopic reports whether t is a concrete topic (no wildcards).
+func ValidTopic(t []byte) bool { return validate(t, false) }
+
+// ValidPattern reports whether p is a topic or a pattern.
+func ValidPattern(p []byte) bool { return validate(p, true) }
+
+func validate(t []byte, wild bool) bool {
+	if len(t) == 0 || len(t) > MaxTopicLen {
+		return false
+	}
+	tokStart := 0
+	for i := 0; i <= len(t); i++ {
+		if i < len(t) && t[i] != tokenSep {
+			c := t[i]
+			if c <= ' ' || c >= 0x7f || c == reservedStart {
+				return false
+			}
+			if c == wildcardOne || c == wildcardTail {
+				// A wildcard must be a whole token.
+				if !wild || i != tokStart || (i+1 < len(t) && t[i+1] != tokenSep) {
+					return false
+				}
+				if c == wildcardTail && i+1 != len(t) {
+					return false
+				}
+			}
+			continue
+		}
+		l := i - tokStart
+		if l == 0 || l > maxTokenLen {
+			return false
+		}
+		tokStart = i + 1
+	}
+	return true
+}
+
+// HasWildcard reports whether the (valid) pattern p contains a wildcard token.
+func HasWildcard(p []byte) bool {
+	for i, c := range p {
+		if (c == wildcardOne || c == wildcardTail) && (i == 0 || p[i-1] == tokenSep) {
+			return true
+		}
+	}
+	return false
+}
+
+// Match reports whether topic t matches pattern p. Both must be valid. It
+// does not allocate.
+func Match(p, t []byte) bool {
+	pi, ti := 0, 0
+	for pi < len(p) {
+		if ti > len(t) {
+			return false
+		}
+		pe := next(p, pi)
+		if pe-pi == 1 && p[pi] == wildcardTail {
+			return ti < len(t)
+		}
+		if ti == len(t) {
+			return false
+		}
+		te := next(t, ti)
+		if !(pe-pi == 1 && p[pi] == wildcardOne) && string(p[pi:pe]) != string(t[ti:te]) {
+			return false
+		}
+		pi, ti = pe+1, te+1
+	}
+	return ti >= len(t)
+}
+
+func next(b []byte, i int) int {
+	for i < len(b) && b[i] != tokenSep {
+		i++
+	}
+	return i
+}
