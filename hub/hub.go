@@ -316,6 +316,9 @@ func (h *Hub) watchEngine() {
 	nc := h.eng.NC
 	nc.SetDisconnectErrHandler(func(_ *natsConn, err error) {
 		h.engineOK.Store(false)
+		if h.stopping.Load() {
+			return
+		}
 		h.log.Warn("engine unavailable: refusing publishes until it returns", "err", err)
 	})
 	nc.SetReconnectHandler(func(_ *natsConn) {

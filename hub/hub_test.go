@@ -138,3 +138,196 @@ func TestPubSubRaw(t *testing.T) {
 		t.Fatalf("bad delivery %s", m)
 	}
 }
+
+func TestHandshakeTimeout(t *testing.T) {
+	h := startHub(t, func(c *hub.Config) { c.HandshakeTimeout = 200 * time.Millisecond })
+	r := dialRaw(t, h)
+	f := r.next() // send nothing
+	if f.Op != protocol.OpErr || string(f.Topic) != protocol.CodeHandshakeTime || f.Flags&protocol.FlagFatal == 0 {
+		t.Fatalf("want fatal handshake_timeout, got %s", f)
+	}
+	r.expectClosed()
+}
+
+func TestFrameBeforeHelloRefused(t *testing.T) {
+	h := startHub(t, nil)
+	r := dialRaw(t, h)
+	r.send(&protocol.Frame{Op: protocol.OpPub, Topic: []byte("a"), Payload: []byte("x")})
+	f := r.next()
+	if f.Op != protocol.OpErr || string(f.Topic) != protocol.CodeHandshake {
+		t.Fatalf("want handshake error, got %s", f)
+	}
+	r.expectClosed()
+}
+
+func TestOversizedFrameRejected(t *testing.T) {
+	h := startHub(t, func(c *hub.Config) { c.MaxFrame = 1024 })
+	r := dialRaw(t, h)
+	r.hello("client", "big")
+	r.send(&protocol.Frame{Op: protocol.OpPub, Topic: []byte("a"), Payload: make([]byte, 4096)})
+	f := r.nextOp()
+	if f.Op != protocol.OpErr || string(f.Topic) != protocol.CodeFrameTooLarge || f.Flags&protocol.FlagFatal == 0 {
+		t.Fatalf("want fatal frame_too_large, got %s", f)
+	}
+	r.expectClosed()
+	// The hub is still up.
+	ok := dialRaw(t, h)
+	ok.hello("client", "after")
+}
+
+func TestGarbageRejected(t *testing.T) {
+	h := startHub(t, nil)
+	r := dialRaw(t, h)
+	r.hello("client", "junk")
+	// A plausible length followed by an unknown op.
+	r.c.Write([]byte{0, 0, 0, 9, 0xEE, 0, 0, 0, 0, 0, 0, 0, 0})
+	f := r.nextOp()
+	if f.Op != protocol.OpErr || string(f.Topic) != protocol.CodeBadFrame {
+		t.Fatalf("want bad_frame, got %s", f)
+	}
+	r.expectClosed()
+	// Non-protocol bytes as the very first thing: refused, hub stays up.
+	g := dialRaw(t, h)
+	g.c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	if f := g.next(); f.Op != protocol.OpErr {
+		t.Fatalf("want an error for HTTP bytes, got %s", f)
+	}
+	ok := dialRaw(t, h)
+	ok.hello("client", "after")
+}
+
+func TestHeartbeatDropsSilentPeer(t *testing.T) {
+	h := startHub(t, func(c *hub.Config) { c.Heartbeat = 100 * time.Millisecond })
+	r := dialRaw(t, h)
+	w := r.hello("client", "silent")
+	if w.HeartbeatMS != 100 {
+		t.Fatalf("welcome heartbeat %d", w.HeartbeatMS)
+	}
+	// Read (so PINGs arrive) but never answer them.
+	deadline := time.Now().Add(5 * time.Second)
+	pings := 0
+	for time.Now().Before(deadline) {
+		f := r.next()
+		switch f.Op {
+		case protocol.OpPing:
+			pings++
+			continue
+		case protocol.OpErr:
+			if string(f.Topic) != protocol.CodeHeartbeat {
+				t.Fatalf("want heartbeat_timeout, got %s", f)
+			}
+			if pings == 0 {
+				t.Fatal("dropped without being pinged first")
+			}
+			r.expectClosed()
+			return
+		}
+		t.Fatalf("unexpected %s", f)
+	}
+	t.Fatal("silent peer was not dropped")
+}
+
+func TestShutdownSaysBye(t *testing.T) {
+	cfg := hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true}
+	h := hub.New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	<-h.Ready()
+	r := dialRaw(t, h)
+	r.hello("client", "c1")
+	cancel()
+	if f := r.nextOp(); f.Op != protocol.OpBye {
+		t.Fatalf("want BYE, got %s", f)
+	}
+	r.expectClosed()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("hub did not stop")
+	}
+}
+
+func TestQueueGroupEachMessageOnce(t *testing.T) {
+	h := startHub(t, nil)
+	const members, msgs = 3, 300
+	var conns []*rawConn
+	for i := 0; i < members; i++ {
+		r := dialRaw(t, h)
+		r.hello("client", "worker"+string(rune('a'+i)))
+		r.send(&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("jobs.>"), Group: []byte("workers")})
+		if f := r.nextOp(); f.Op != protocol.OpOK {
+			t.Fatalf("sub: %s", f)
+		}
+		conns = append(conns, r)
+	}
+	pub := dialRaw(t, h)
+	pub.hello("client", "boss")
+	for i := 0; i < msgs; i++ {
+		pub.send(&protocol.Frame{Op: protocol.OpPub, Topic: []byte("jobs.x"), Payload: []byte{byte(i), byte(i >> 8)}})
+	}
+	pub.send(&protocol.Frame{Op: protocol.OpPub, ID: 99, Topic: []byte("jobs.x"), Payload: []byte("end")})
+	if f := pub.nextOp(); f.Op != protocol.OpOK {
+		t.Fatalf("pub: %s", f)
+	}
+	seen := map[string]int{}
+	results := make(chan []string, members)
+	for _, r := range conns {
+		go func(r *rawConn) {
+			var got []string
+			r.c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			for {
+				f, err := r.rd.Next()
+				if err != nil {
+					break
+				}
+				if f.Op == protocol.OpMsg {
+					got = append(got, string(f.Payload))
+				}
+			}
+			results <- got
+		}(r)
+	}
+	active := 0
+	for i := 0; i < members; i++ {
+		got := <-results
+		if len(got) > 0 {
+			active++
+		}
+		for _, p := range got {
+			seen[p]++
+		}
+	}
+	if len(seen) != msgs+1 {
+		t.Fatalf("want %d distinct messages, got %d", msgs+1, len(seen))
+	}
+	for p, n := range seen {
+		if n != 1 {
+			t.Fatalf("message %q delivered %d times", p, n)
+		}
+	}
+	if active < 2 {
+		t.Fatalf("load not shared: only %d of %d members got messages", active, members)
+	}
+}
+
+// expectClosed waits for the hub to close the connection.
+func (r *rawConn) expectClosed() {
+	r.t.Helper()
+	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		f, err := r.rd.Next()
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				r.t.Fatal("connection not closed by the hub")
+			}
+			return
+		}
+		if f.Op != protocol.OpPing {
+			r.t.Fatalf("unexpected frame before close: %s", f)
+		}
+	}
+}
