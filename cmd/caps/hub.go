@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/caps-hub/caps/hub"
+)
+
+func newHubCmd() *cobra.Command {
+	var cfg hub.Config
+	var syncAlways bool
+	var natsCluster, natsRoutes, natsClient string
+	var origins string
+	cmd := &cobra.Command{
+		Use:   "hub",
+		Short: "Run the hub server",
+		Long: `Run the CAPS hub. By default it embeds NATS with JetStream, storing its data
+under --data; with --nats it joins an external NATS cluster instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logger(cmd)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			cfg.SyncAlways = &syncAlways
+			if cfg.NATSURLs == "" && cfg.DataDir == "" {
+				return fmt.Errorf("--data DIR is required with the embedded engine (or give --nats URLS)")
+			}
+			if natsCluster != "" {
+				cfg.EngineCluster = hub.EngineCluster{Name: "caps", Listen: natsCluster, Client: natsClient}
+				for _, r := range strings.Split(natsRoutes, ",") {
+					if r = strings.TrimSpace(r); r != "" {
+						cfg.EngineCluster.Routes = append(cfg.EngineCluster.Routes, r)
+					}
+				}
+			}
+			if origins != "" {
+				cfg.AllowedOrigins = strings.Split(origins, ",")
+			}
+			apps, err := hubApps(cmd, &cfg)
+			if err != nil {
+				return err
+			}
+			cfg.Apps = append(cfg.Apps, apps...)
+			return hub.New(cfg).Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Addr, "addr", ":3000", "TCP address for CAPS clients")
+	f.StringVar(&cfg.HTTPAddr, "http", ":8080", `HTTP address for /healthz, /readyz, /metrics, /ws and the dashboard ("off" disables)`)
+	f.StringVar(&cfg.DataDir, "data", "", "data directory of the embedded engine")
+	f.StringVar(&cfg.NATSURLs, "nats", "", "external NATS servers, comma-separated (nats://a:4222,nats://b:4222)")
+	f.IntVar(&cfg.Replicas, "replicas", 0, "stream replicas (default 3 on a cluster of 3 or more servers, else 1)")
+	f.StringVar(&cfg.Name, "name", "", "hub name (default: host name)")
+	f.BoolVar(&syncAlways, "sync-always", true, "fsync every stored message before acknowledging it (embedded engine)")
+	f.StringVar(&natsCluster, "nats-cluster", "", "run the embedded NATS as a cluster member, routes listening on host:port")
+	f.StringVar(&natsRoutes, "nats-routes", "", "other cluster members' routes, comma-separated (nats-route://b:6222,…)")
+	f.StringVar(&natsClient, "nats-client", "", "host:port where the embedded NATS accepts NATS clients (cluster mode)")
+	f.StringVar(&cfg.Legacy, "legacy", "auto", "classroom JSON dialect: auto (on unless --auth), on, off")
+	f.StringVar(&origins, "ws-origins", "", `WebSocket origin patterns allowed, comma-separated ("*" = any)`)
+	f.IntVar(&cfg.MaxConns, "max-conns", 20000, "maximum concurrent connections")
+	f.IntVar(&cfg.MaxFrame, "max-frame", 1<<20, "maximum frame size in bytes")
+	f.IntVar(&cfg.MaxSubs, "max-subs", 1000, "maximum subscriptions per connection")
+	f.IntVar(&cfg.MaxPending, "max-pending", 8<<20, "outbound bytes queued per connection before it is cut off as a slow consumer")
+	f.IntVar(&cfg.PubRate, "pub-rate", 5000, "publishes per second per connection (-1 = unlimited)")
+	f.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time a new connection has to send HELLO")
+	f.DurationVar(&cfg.Heartbeat, "heartbeat", 10*time.Second, "ping idle connections this often; drop them after twice this")
+	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "redeliver a durable message not acknowledged within this")
+	f.IntVar(&cfg.MaxInFlight, "max-inflight", 64, "unacknowledged durable deliveries per connection")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "drain deadline on SIGTERM")
+	f.BoolVar(&cfg.Quiet, "quiet", false, "do not print EVENT lines")
+	return cmd
+}
+
+// hubApps builds the applications the hub serves (parcel dispatcher, chat).
+func hubApps(_ *cobra.Command, _ *hub.Config) ([]hub.App, error) {
+	return nil, nil
+}
