@@ -145,6 +145,24 @@ func (x *Host) Send(sessionID, topic string, payload []byte) bool {
 	return true
 }
 
+type publishKeyCtx struct{}
+
+// PublishKey returns the message id (the PUB frame's key) of the publish a
+// PublishHook is examining, or "" when the client gave none. An app uses it
+// to tell a client's retry of a publish whose answer it lost (same id, which
+// the engine stores only once) from a new publish.
+func PublishKey(ctx context.Context) string {
+	k, _ := ctx.Value(publishKeyCtx{}).(string)
+	return k
+}
+
+func withPublishKey(ctx context.Context, key []byte) context.Context {
+	if len(key) == 0 {
+		return ctx
+	}
+	return context.WithValue(ctx, publishKeyCtx{}, string(key))
+}
+
 // Reject builds the error a hook returns to refuse something with a code.
 func Reject(code, text string) error { return &protocol.Error{Code: code, Text: text} }
 

@@ -321,7 +321,8 @@ func (s *Session) handlePub(f *protocol.Frame) {
 		s.sendErr(f.ID, protocol.CodeRateLimited, fmt.Sprintf("more than %d publishes per second", h.cfg.PubRate))
 		return
 	}
-	if err := h.checkPublish(context.Background(), s, f.Topic, f.Payload); err != nil {
+	// The hooks see the message id, so an app can tell a retry from a new publish.
+	if err := h.checkPublish(withPublishKey(context.Background(), f.Key), s, f.Topic, f.Payload); err != nil {
 		code, text := errCode(err, protocol.CodeRejected)
 		h.metrics.errors.WithLabelValues(code).Inc()
 		s.sendErr(f.ID, code, text)
