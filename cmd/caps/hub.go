@@ -15,6 +15,7 @@ func newHubCmd() *cobra.Command {
 	var syncAlways bool
 	var natsCluster, natsRoutes, natsClient string
 	var origins string
+	var sec hubSecurity
 	cmd := &cobra.Command{
 		Use:   "hub",
 		Short: "Run the hub server",
@@ -41,6 +42,9 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 			}
 			if origins != "" {
 				cfg.AllowedOrigins = strings.Split(origins, ",")
+			}
+			if err := sec.apply(cmd.Context(), &cfg); err != nil {
+				return err
 			}
 			apps, err := hubApps(cmd, &cfg)
 			if err != nil {
@@ -74,6 +78,7 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.IntVar(&cfg.MaxInFlight, "max-inflight", 64, "unacknowledged durable deliveries per connection")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "drain deadline on SIGTERM")
 	f.BoolVar(&cfg.Quiet, "quiet", false, "do not print EVENT lines")
+	sec.addFlags(cmd)
 	return cmd
 }
 

@@ -28,6 +28,8 @@ func main() {
 	root.AddCommand(
 		newVersionCmd(),
 		newHubCmd(),
+		newTokenCmd(),
+		newCertCmd(),
 	)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "caps:", err)
