@@ -5,7 +5,7 @@
 //
 // Every frame has the same layout, so one decoder handles every operation:
 //
-//	length  uint32 big-endian   bytes that follow this field (6 ≤ length ≤ max frame size)
+//	length  uint32 big-endian   bytes that follow this field (7 ≤ length ≤ max frame size)
 //	op      uint8               operation (OpHello, OpPub, …)
 //	flags   uint8               operation-specific bit flags
 //	id      uvarint             correlation id or subscription id
@@ -31,7 +31,7 @@ const DefaultMaxFrame = 1 << 20
 // HeaderLen is the size of the length prefix.
 const HeaderLen = 4
 
-// minBody is op + flags + four one-byte varints (id, seq, and the three empty string lengths minus one).
+// minBody is op + flags + five one-byte uvarints: id, seq and the three empty field lengths.
 const minBody = 2 + 1 + 1 + 1 + 1 + 1
 
 // Op is a frame's operation code.

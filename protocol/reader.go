@@ -38,10 +38,13 @@ func (d *Reader) Next() (*Frame, error) {
 	if err := d.fill(HeaderLen); err != nil {
 		return nil, err
 	}
-	n := int(binary.BigEndian.Uint32(d.buf[d.start:]))
-	if n > d.maxFrame {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, d.maxFrame)
+	// Compare before converting to int: on 32-bit platforms a length of 2³¹
+	// or more would turn negative and pass for a too-small frame.
+	l := binary.BigEndian.Uint32(d.buf[d.start:])
+	if uint64(l) > uint64(d.maxFrame) {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, l, d.maxFrame)
 	}
+	n := int(l)
 	if n < minBody {
 		return nil, fmt.Errorf("%w: %d bytes", ErrFrameTooSmall, n)
 	}
@@ -106,10 +109,11 @@ func Decode(b []byte, maxFrame int, f *Frame) (rest []byte, err error) {
 	if len(b) < HeaderLen {
 		return b, fmt.Errorf("%w: %d bytes", ErrFrameTooSmall, len(b))
 	}
-	n := int(binary.BigEndian.Uint32(b))
-	if n > maxFrame {
-		return b, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, maxFrame)
+	l := binary.BigEndian.Uint32(b)
+	if uint64(l) > uint64(maxFrame) {
+		return b, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, l, maxFrame)
 	}
+	n := int(l)
 	if n < minBody {
 		return b, fmt.Errorf("%w: %d bytes", ErrFrameTooSmall, n)
 	}
