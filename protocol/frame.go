@@ -12,7 +12,7 @@
 //	seq     uvarint             delivery/stream sequence, or the subscription id in an OK
 //	topic   uvarint len, bytes  topic, pattern, or error code
 //	key     uvarint len, bytes  message id (PUB/MSG) or durable name (SUB)
-//	group   uvarint len, bytes  queue group (SUB) or reply topic
+//	group   uvarint len, bytes  queue group (SUB)
 //	payload remaining bytes     application bytes, passed through untouched
 package protocol
 

@@ -49,10 +49,10 @@ func ValidRole(r string) bool {
 	return false
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$`)
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
 
 // ValidName reports whether n can be a client name: 1–32 letters, digits,
-// '_', '.', '-', starting with a letter or digit. Names appear in topics, so
+// '_', '-', starting with a letter or digit. Names are topic tokens, so
 // they must not contain spaces or wildcards.
 func ValidName(n string) bool { return nameRE.MatchString(n) }
 
@@ -72,7 +72,7 @@ func ParseHello(b []byte) (Hello, error) {
 		return h, fmt.Errorf("unknown role %q", h.Role)
 	}
 	if !ValidName(h.Name) {
-		return h, fmt.Errorf("bad name %q: 1-32 of A-Z a-z 0-9 _ . -, starting with a letter or digit", h.Name)
+		return h, fmt.Errorf("bad name %q: 1-32 of A-Z a-z 0-9 _ -, starting with a letter or digit", h.Name)
 	}
 	return h, nil
 }
