@@ -19,9 +19,9 @@ func TestParseHello(t *testing.T) {
 		{`{"version":1,"role":"vendor","name":"acme-flowers","token":"t0k","resume":"s-1"}`,
 			protocol.Hello{Version: 1, Role: "vendor", Name: "acme-flowers", Token: "t0k", Resume: "s-1"}},
 		{`{"version":1,"role":"chat","name":"a","extra":[1,2]}`, protocol.Hello{Version: 1, Role: "chat", Name: "a"}},
-		{` {"name":"logger-1","role":"logger","version":1} `, protocol.Hello{Version: 1, Role: "logger", Name: "logger.1"}},
+		{` {"name":"logger-1","role":"logger","version":1} `, protocol.Hello{Version: 1, Role: "logger", Name: "logger-1"}},
 		{`{"version":1,"role":"admin","name":"` + strings.Repeat("z", 32) + `"}`, protocol.Hello{Version: 1, Role: "admin", Name: strings.Repeat("z", 32)}},
-		{`{"version":1,"role":"client","name":"9_x-y-z"}`, protocol.Hello{Version: 1, Role: "client", Name: "9_x.y-z"}},
+		{`{"version":1,"role":"client","name":"9_x-y-z"}`, protocol.Hello{Version: 1, Role: "client", Name: "9_x-y-z"}},
 	}
 	for _, c := range ok {
 		h, err := protocol.ParseHello([]byte(c.in))
