@@ -1,0 +1,294 @@
+package parcel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/caps-hub/caps/hub"
+)
+
+// DemoConfig configures the one-command demo.
+type DemoConfig struct {
+	// Vendors and Drivers to run (defaults 2 and 3).
+	Vendors, Drivers int
+	// Orders is the total across all vendors, shared out as evenly as
+	// possible (default 10).
+	Orders int
+	// Interval between one vendor's orders (default 5s); PickupDelay and
+	// DeliverDelay as for drivers (the classroom's 1s and 3s by default).
+	Interval, PickupDelay, DeliverDelay time.Duration
+	// Capacity of each driver (default 5).
+	Capacity int
+	// Timeout ends a demo that has not finished (0: enough for the orders
+	// at the pace asked for, plus a minute).
+	Timeout time.Duration
+	// HTTPAddr for the embedded hub ("off", the default, serves none).
+	HTTPAddr string
+	// Events prints the hub's EVENT lines too.
+	Events bool
+	// EventLog is where the logger writes its JSON lines (default: a file in
+	// the demo's temporary directory, removed at the end).
+	EventLog string
+	// Out receives the live flow and the summary (default os.Stdout).
+	Out io.Writer
+	// Log receives diagnostics, the hub's included (default: discard).
+	Log *slog.Logger
+}
+
+// DemoSummary is the outcome of a demo.
+type DemoSummary struct {
+	Posted     int // orders the hub accepted
+	Delivered  int // orders delivered and thanked for
+	Lost       int // posted but never delivered
+	Duplicates int // deliveries or thank-yous beyond the first for an order
+	P50, P99   time.Duration
+	Took       time.Duration
+}
+
+// OK reports whether every order was delivered exactly once.
+func (s DemoSummary) OK() bool {
+	return s.Posted > 0 && s.Delivered == s.Posted && s.Lost == 0 && s.Duplicates == 0
+}
+
+var (
+	demoStores  = []string{"acme-flowers", "rosebud", "daisy-chain", "petal-pushers", "bloom-and-co", "thorn-and-stem", "lily-pad", "the-tulip"}
+	demoDrivers = []string{"dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "niaj", "olivia", "peggy", "rupert"}
+)
+
+func demoName(list []string, i int, prefix string) string {
+	if i < len(list) {
+		return list[i]
+	}
+	return fmt.Sprintf("%s-%d", prefix, i+1)
+}
+
+// RunDemo starts a hub with an embedded engine in a temporary directory,
+// then vendors, drivers and a logger in this process, each with its own
+// connection over loopback TCP; it prints the live flow, waits until every
+// order is delivered (or the timeout), checks what the engine stored, and
+// prints a summary. The error is nil only when every order was delivered
+// exactly once.
+func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
+	var sum DemoSummary
+	if cfg.Vendors <= 0 {
+		cfg.Vendors = 2
+	}
+	if cfg.Drivers <= 0 {
+		cfg.Drivers = 3
+	}
+	if cfg.Orders <= 0 {
+		cfg.Orders = 10
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = 5 * time.Second
+	}
+	if cfg.Capacity <= 0 {
+		cfg.Capacity = 5
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "off"
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	perVendor := (cfg.Orders + cfg.Vendors - 1) / cfg.Vendors
+	if cfg.Timeout <= 0 {
+		rounds := cfg.Orders/(cfg.Drivers*cfg.Capacity) + 2
+		cfg.Timeout = time.Duration(perVendor)*cfg.Interval + time.Duration(rounds)*(cfg.PickupDelay+cfg.DeliverDelay) + time.Minute
+	}
+	out := SyncWriter(cfg.Out)
+	start := time.Now()
+
+	dir, err := os.MkdirTemp("", "caps-demo-")
+	if err != nil {
+		return sum, fmt.Errorf("demo: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	disp := NewDispatcher(Options{})
+	h := hub.New(hub.Config{
+		Addr: "127.0.0.1:0", HTTPAddr: cfg.HTTPAddr, DataDir: dir, Name: "demo",
+		Quiet: !cfg.Events, EventOut: out, Logger: cfg.Log,
+		Apps: []hub.App{disp},
+	})
+	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- h.Run(hubCtx) }()
+	defer func() {
+		stopHub()
+		<-hubDone
+	}()
+	select {
+	case <-h.Ready():
+	case err := <-hubDone:
+		hubDone <- err
+		return sum, fmt.Errorf("demo: hub: %w", err)
+	case <-ctx.Done():
+		return sum, ctx.Err()
+	}
+	addr := h.Addr().String()
+	fmt.Fprintf(out, "DEMO: hub on %s; %d vendors, %d drivers, %d orders, one every %s per vendor\n",
+		addr, cfg.Vendors, cfg.Drivers, cfg.Orders, cfg.Interval)
+
+	base := ClientConfig{Hub: []string{addr}, Out: out, Log: cfg.Log, Timeout: 30 * time.Second}
+	runCtx, stopRun := context.WithTimeout(ctx, cfg.Timeout)
+	defer stopRun()
+	clientsCtx, stopClients := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopClients()
+	var clients sync.WaitGroup
+	var mu sync.Mutex
+	var clientErrs []error
+	fail := func(err error) {
+		if err != nil {
+			mu.Lock()
+			clientErrs = append(clientErrs, err)
+			mu.Unlock()
+			stopRun()
+		}
+	}
+
+	// The logger first, so it sees everything; it also counts deliveries.
+	logPath := cfg.EventLog
+	if logPath == "" {
+		logPath = filepath.Join(dir, "events.jsonl")
+	}
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return sum, fmt.Errorf("demo: event log: %w", err)
+	}
+	defer logFile.Close()
+	ready := make(chan struct{}, cfg.Drivers+1)
+	lc := LoggerConfig{ClientConfig: base, Name: "logger"}
+	lc.Out = logFile
+	lc.OnReady = func() { ready <- struct{}{} }
+	clients.Add(1)
+	go func() { defer clients.Done(); fail(RunLogger(clientsCtx, lc)) }()
+
+	for i := range cfg.Drivers {
+		dc := DriverConfig{
+			ClientConfig: base, Name: demoName(demoDrivers, i, "driver"),
+			PickupDelay: cfg.PickupDelay, DeliverDelay: cfg.DeliverDelay, Capacity: cfg.Capacity,
+		}
+		dc.OnReady = func() { ready <- struct{}{} }
+		clients.Add(1)
+		go func() { defer clients.Done(); fail(RunDriver(clientsCtx, dc)) }()
+	}
+	for range cfg.Drivers + 1 {
+		select {
+		case <-ready:
+		case <-runCtx.Done():
+		}
+	}
+
+	posted := map[string]time.Time{}
+	thanked := map[string]int{}
+	var vendors sync.WaitGroup
+	for i := range cfg.Vendors {
+		n := cfg.Orders / cfg.Vendors
+		if i < cfg.Orders%cfg.Vendors {
+			n++
+		}
+		if n == 0 {
+			continue
+		}
+		vc := VendorConfig{
+			ClientConfig: base, Store: demoName(demoStores, i, "store"),
+			Interval: cfg.Interval, Orders: n,
+			OnPosted: func(p Parcel, at time.Time) {
+				mu.Lock()
+				posted[p.OrderID] = at
+				mu.Unlock()
+			},
+			OnThanked: func(id string, _ time.Time) {
+				mu.Lock()
+				thanked[id]++
+				mu.Unlock()
+			},
+		}
+		vendors.Add(1)
+		go func() { defer vendors.Done(); fail(RunVendor(runCtx, vc)) }()
+	}
+	vendors.Wait()
+	timedOut := runCtx.Err() != nil && ctx.Err() == nil
+	stopClients()
+	clients.Wait()
+
+	mu.Lock()
+	ids := make([]string, 0, len(posted))
+	for id := range posted {
+		ids = append(ids, id)
+	}
+	thanks := maps.Clone(thanked)
+	errs := slices.Clone(clientErrs)
+	mu.Unlock()
+
+	auditCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	audit, err := disp.Audit(auditCtx, ids)
+	if err != nil {
+		return sum, fmt.Errorf("demo: %w", err)
+	}
+	sum = summarize(ids, thanks, audit)
+	sum.Took = time.Since(start)
+
+	fmt.Fprintf(out, "DEMO: posted %d, delivered %d, lost %d, duplicates %d\n", sum.Posted, sum.Delivered, sum.Lost, sum.Duplicates)
+	fmt.Fprintf(out, "DEMO: pickup→delivered p50 %s, p99 %s; %d orders in %s\n",
+		sum.P50.Round(time.Millisecond), sum.P99.Round(time.Millisecond), sum.Posted, sum.Took.Round(100*time.Millisecond))
+	switch {
+	case ctx.Err() != nil:
+		return sum, ctx.Err()
+	case len(errs) > 0:
+		return sum, fmt.Errorf("demo: %w", errors.Join(errs...))
+	case timedOut:
+		return sum, fmt.Errorf("demo: not finished after %s", cfg.Timeout)
+	case sum.Posted < cfg.Orders:
+		return sum, fmt.Errorf("demo: only %d of %d orders were posted", sum.Posted, cfg.Orders)
+	case !sum.OK():
+		return sum, fmt.Errorf("demo: %d lost, %d duplicates", sum.Lost, sum.Duplicates)
+	}
+	return sum, nil
+}
+
+// summarize judges every posted order against what the engine stored: it
+// was delivered when its record says so, the engine holds its delivered
+// event and its vendor thanked for it; any event or thank-you beyond one
+// is a duplicate.
+func summarize(ids []string, thanked map[string]int, a *Audit) DemoSummary {
+	s := DemoSummary{Posted: len(ids)}
+	var lat []time.Duration
+	for _, id := range ids {
+		o := a.Orders[id]
+		stored := a.Events[id][EventDelivered]
+		if o != nil && o.Status == StatusDelivered && stored > 0 && thanked[id] > 0 {
+			s.Delivered++
+			lat = append(lat, o.At(StatusDelivered).Sub(o.At(StatusPickup)))
+		}
+		s.Duplicates += max(0, stored-1) + max(0, thanked[id]-1) + max(0, a.Events[id][EventPickup]-1) + max(0, a.Events[id][EventInTransit]-1)
+	}
+	s.Lost = s.Posted - s.Delivered
+	s.P50, s.P99 = percentile(lat, 50), percentile(lat, 99)
+	return s
+}
+
+// percentile returns the p-th percentile (nearest rank) of ds.
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	rank := (p*len(s) + 99) / 100
+	return s[max(rank, 1)-1]
+}

@@ -1,0 +1,93 @@
+package parcel
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caps-hub/caps/client"
+	"github.com/caps-hub/caps/protocol"
+)
+
+// TrackConfig configures a one-shot tracking request.
+type TrackConfig struct {
+	ClientConfig
+	// Role and Name to ask as (default logger "track"): vendors see only
+	// their store's orders, drivers the orders they carried.
+	Role, Name string
+}
+
+// ErrNoSuchOrder is returned by Track for an order the hub does not know.
+var ErrNoSuchOrder = errors.New("no such order")
+
+// Track asks the hub for an order's timeline.
+func Track(ctx context.Context, cfg TrackConfig, orderID string) (*Order, error) {
+	cfg.defaults()
+	if cfg.Role == "" {
+		cfg.Role = protocol.RoleLogger
+	}
+	if cfg.Name == "" {
+		cfg.Name = "track"
+	}
+	id, err := NormalizeID(orderID)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Options.NoReconnect = true
+	s, err := dial(ctx, cfg.ClientConfig, cfg.Role, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return trackOn(ctx, s.Conn, id, cfg.Timeout)
+}
+
+func trackOn(ctx context.Context, c *client.Conn, id string, timeout time.Duration) (*Order, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	b, err := c.Request(ctx, TrackService, []byte(id))
+	if err != nil {
+		var pe *protocol.Error
+		if errors.As(err, &pe) && pe.Code == protocol.CodeNotFound {
+			return nil, fmt.Errorf("%w %s", ErrNoSuchOrder, id)
+		}
+		return nil, fmt.Errorf("track %s: %w", id, err)
+	}
+	var o Order
+	if err := json.Unmarshal(b, &o); err != nil {
+		return nil, fmt.Errorf("track %s: unreadable answer: %w", id, err)
+	}
+	return &o, nil
+}
+
+// WriteTimeline prints an order and its timeline for people.
+func WriteTimeline(w io.Writer, o *Order) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "order\t%s\n", o.OrderID)
+	fmt.Fprintf(tw, "store\t%s\n", o.Store)
+	fmt.Fprintf(tw, "customer\t%s\n", o.Customer)
+	fmt.Fprintf(tw, "address\t%s\n", o.Address)
+	status := string(o.Status)
+	if o.Driver != "" {
+		status += " (driver " + o.Driver + ")"
+	}
+	fmt.Fprintf(tw, "status\t%s\n", status)
+	fmt.Fprintln(tw, "\t")
+	fmt.Fprintln(tw, "TIME\tSTATUS\tBY\tHUB")
+	var start time.Time
+	for i, st := range o.Timeline {
+		if i == 0 {
+			start = st.Time
+		}
+		when := st.Time.Local().Format("2006-01-02 15:04:05.000")
+		if i > 0 {
+			when += fmt.Sprintf(" (+%s)", st.Time.Sub(start).Round(time.Millisecond))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", when, st.Status, st.By, st.Hub)
+	}
+	return tw.Flush()
+}
