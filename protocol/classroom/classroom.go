@@ -31,8 +31,8 @@ type Object struct {
 
 // Error codes of a recoverable *Error.
 const (
-	CodeBadJSON  = "bad_json"        // bytes that are not a JSON object
-	CodeBadEvent = "bad_event"       // a JSON object without a string "event"
+	CodeBadJSON  = "bad_json"         // bytes that are not a JSON object
+	CodeBadEvent = "bad_event"        // a JSON object without a string "event"
 	CodeTooLarge = "object_too_large" // an object over the size limit
 )
 
@@ -56,16 +56,17 @@ const DefaultMaxObject = 1 << 20
 
 // Decoder splits a byte stream into classroom objects.
 type Decoder struct {
-	r       io.Reader
-	max     int
-	buf     []byte // read buffer
-	pos     int    // next byte of buf to scan
-	obj     []byte // the object being collected (nil while not collecting)
-	sc      scanner
-	off     int64 // stream offset of buf[pos]
-	mode    mode
-	skipped int   // bytes skipped while resynchronising
-	pending error // a read error to return once buffered bytes are used up
+	r        io.Reader
+	max      int
+	buf      []byte // read buffer
+	pos      int    // next byte of buf to scan
+	obj      []byte // the object being collected (nil while not collecting)
+	sc       scanner
+	off      int64 // stream offset of buf[pos]
+	mode     mode
+	skipped  int   // bytes skipped while resynchronising
+	pending  error // a read error to return once buffered bytes are used up
+	deferred error // a decoding error to return on the next call
 }
 
 type mode uint8
@@ -95,7 +96,14 @@ func NewDecoder(r io.Reader, maxObject int) *Decoder {
 //   - any other error from the reader (a read timeout leaves the decoder
 //     intact: calling Next again carries on where it stopped).
 func (d *Decoder) Next() ([]byte, error) {
+	if err := d.deferred; err != nil {
+		d.deferred = nil
+		return nil, err
+	}
 	for {
+		if d.mode == modeResync && d.skipped > d.max {
+			return nil, ErrUnsynced
+		}
 		if d.pos == len(d.buf) {
 			if d.pending != nil {
 				err := d.pending
@@ -158,10 +166,10 @@ func (d *Decoder) scan() ([]byte, error) {
 				d.mode = modeResync
 				return nil, &Error{Code: CodeBadJSON, Offset: start, Msg: "expected '{' to start an object"}
 			}
+			if d.mode == modeResync && d.skipped > d.max {
+				return nil, ErrUnsynced
+			}
 			if i == len(d.buf) {
-				if d.mode == modeResync && d.skipped > d.max {
-					return nil, ErrUnsynced
-				}
 				return nil, nil
 			}
 			d.mode = modeObject
@@ -180,7 +188,10 @@ func (d *Decoder) scan() ([]byte, error) {
 					tooLarge := &Error{Code: CodeTooLarge, Offset: d.off, Msg: fmt.Sprintf("object larger than %d bytes", d.max)}
 					switch {
 					case err != nil:
+						// Report both, in stream order, however the
+						// bytes were split across reads.
 						d.mode, d.skipped = modeResync, 0
+						d.deferred = err
 					case done:
 						d.mode = modeBetween
 					default:
