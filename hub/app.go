@@ -29,6 +29,11 @@ type SessionInfo struct {
 	Hub     string    `json:"hub"`
 	Dialect string    `json:"dialect"` // "caps", "websocket" or "classroom"
 	Since   time.Time `json:"since"`
+	// Resume is the session id the client had before reconnecting (from its
+	// HELLO), so an app can hand that session's state (a chat name, room
+	// memberships) to this one. Kept out of events: it is only as secret as
+	// session ids are.
+	Resume string `json:"-"`
 }
 
 // Hook signatures. Hooks must not keep the payload slice: it is reused.

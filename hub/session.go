@@ -214,6 +214,7 @@ func (s *Session) establish(id Identity, resume string) error {
 	s.info.ID = uuid.NewString()
 	s.info.Role, s.info.Name, s.info.Store = id.Role, id.Name, id.Store
 	s.info.Since = time.Now().UTC()
+	s.info.Resume = resume
 	p := id.Perms
 	if p == nil {
 		p = h.policy[id.Role]
