@@ -88,6 +88,7 @@ func New(cfg Config) *Hub {
 	}
 	h.router = newRouter(h)
 	h.durables = newDurables(h)
+	h.metrics.observe(h)
 	return h
 }
 
@@ -299,7 +300,6 @@ func (h *Hub) heartbeats(ctx context.Context) {
 		hb := int64(h.cfg.Heartbeat)
 		for _, s := range h.allSessions() {
 			if now-s.lastRecv.Load() > 2*hb {
-				h.metrics.errors.WithLabelValues(protocol.CodeHeartbeat).Inc()
 				s.fail(0, protocol.CodeHeartbeat, fmt.Sprintf("no traffic for %s", time.Duration(2*hb)))
 				continue
 			}

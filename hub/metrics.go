@@ -2,6 +2,7 @@ package hub
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -10,6 +11,7 @@ import (
 
 // Metrics are the hub's Prometheus metrics, in a registry of its own so
 // that several hubs can live in one process (tests, benchmarks).
+// docs/OPERATIONS.md lists them.
 type Metrics struct {
 	Registry      *prometheus.Registry
 	conns         *prometheus.GaugeVec
@@ -20,6 +22,9 @@ type Metrics struct {
 	deliveries    prometheus.Counter
 	errors        *prometheus.CounterVec
 	slowConsumers prometheus.Counter
+	tlsErrors     *prometheus.CounterVec
+	publishes     *prometheus.CounterVec
+	storeLatency  prometheus.Histogram
 }
 
 func newMetrics() *Metrics {
@@ -34,15 +39,102 @@ func newMetrics() *Metrics {
 		bytesIn:       prometheus.NewCounter(prometheus.CounterOpts{Name: "caps_bytes_in_total", Help: "Frame bytes received from clients."}),
 		bytesOut:      prometheus.NewCounter(prometheus.CounterOpts{Name: "caps_bytes_out_total", Help: "Bytes written to clients."}),
 		deliveries:    prometheus.NewCounter(prometheus.CounterOpts{Name: "caps_deliveries_total", Help: "Messages queued to subscribers."}),
-		errors:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "caps_errors_total", Help: "Error frames sent, by code."}, []string{"code"}),
+		errors:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "caps_errors_total", Help: "Error frames sent, by code (forbidden, rate_limited, slow_consumer, unauthorized…)."}, []string{"code"}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "caps_slow_consumers_total", Help: "Clients disconnected for not reading fast enough."}),
+		tlsErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "caps_tls_handshake_errors_total",
+			Help: "Failed TLS handshakes: plaintext (a client without TLS) or handshake (certificate, version…).",
+		}, []string{"reason"}),
+		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "caps_publishes_total", Help: "Messages accepted from clients and apps, by kind: stored (acknowledged by the engine) or live.",
+		}, []string{"kind"}),
+		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "caps_store_publish_seconds",
+			Help:    "Time for the engine to acknowledge a stored publish (includes the fsync with --sync-always).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12), // 100µs … ~2.4s
+		}),
 	}
 	r.MustRegister(m.conns, m.framesIn, m.framesOut, m.bytesIn, m.bytesOut, m.deliveries, m.errors, m.slowConsumers,
+		m.tlsErrors, m.publishes, m.storeLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// observe adds the metrics computed from the hub's state at scrape time.
+func (m *Metrics) observe(h *Hub) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caps_sockets_open", Help: "Open client connections, including those still in their handshake.",
+		}, func() float64 { return float64(h.nconns.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caps_engine_ready", Help: "1 while the engine (NATS JetStream) is reachable, else 0 (publishes are refused).",
+		}, func() float64 {
+			if h.EngineReady() {
+				return 1
+			}
+			return 0
+		}),
+		newQueueCollector(h),
+	)
+}
+
+// queueCollector reports the sessions' outbound queues: their total, the
+// largest, and how close the largest is to the slow-consumer limit.
+type queueCollector struct {
+	h                    *Hub
+	total, largest, fill *prometheus.Desc
+	frames               *prometheus.Desc
+}
+
+func newQueueCollector(h *Hub) *queueCollector {
+	return &queueCollector{
+		h:       h,
+		total:   prometheus.NewDesc("caps_outbound_queued_bytes", "Bytes queued to clients and not yet written, over all sessions.", nil, nil),
+		frames:  prometheus.NewDesc("caps_outbound_queued_frames", "Frames queued to clients and not yet written, over all sessions.", nil, nil),
+		largest: prometheus.NewDesc("caps_outbound_queued_bytes_max", "Bytes queued to the session with the longest outbound queue.", nil, nil),
+		fill:    prometheus.NewDesc("caps_outbound_queue_fill_max", "Longest outbound queue as a fraction of --max-pending (1 = cut off as a slow consumer).", nil, nil),
+	}
+}
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.total
+	ch <- c.frames
+	ch <- c.largest
+	ch <- c.fill
+}
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	var total, frames, largest int
+	for _, s := range c.h.allSessions() {
+		s.mu.Lock()
+		n, f := s.outBytes, len(s.out)
+		s.mu.Unlock()
+		total += n
+		frames += f
+		largest = max(largest, n)
+	}
+	ch <- prometheus.MustNewConstMetric(c.total, prometheus.GaugeValue, float64(total))
+	ch <- prometheus.MustNewConstMetric(c.frames, prometheus.GaugeValue, float64(frames))
+	ch <- prometheus.MustNewConstMetric(c.largest, prometheus.GaugeValue, float64(largest))
+	ch <- prometheus.MustNewConstMetric(c.fill, prometheus.GaugeValue, float64(largest)/float64(c.h.cfg.MaxPending))
+}
+
+// observePublish records one accepted publish.
+func (m *Metrics) observePublish(stored bool, took time.Duration) {
+	if stored {
+		m.publishes.WithLabelValues("stored").Inc()
+		m.storeLatency.Observe(took.Seconds())
+		return
+	}
+	m.publishes.WithLabelValues("live").Inc()
 }
 
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
 }
+
+// Metrics returns the registry where an app registers its own collectors
+// (the parcel dispatcher's order counts and latencies), served with the
+// hub's at /metrics. Names should start with "caps_".
+func (x *Host) Metrics() prometheus.Registerer { return x.h.metrics.Registry }

@@ -42,10 +42,12 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 		m.Header = nats.Header{nats.MsgIdHdr: []string{string(key)}}
 	}
 	if h.streamFor(topic) != "" {
+		start := time.Now()
 		ack, err := h.eng.JS.PublishMsg(ctx, m)
 		if err != nil {
 			return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("store %s: %v", topic, err))
 		}
+		h.metrics.observePublish(true, time.Since(start))
 		return ack.Sequence, nil
 	}
 	if requireStored {
@@ -54,6 +56,7 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 	if err := h.eng.NC.PublishMsg(m); err != nil {
 		return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("publish %s: %v", topic, err))
 	}
+	h.metrics.observePublish(false, 0)
 	return 0, nil
 }
 

@@ -220,7 +220,6 @@ func (s *Session) handleSub(f *protocol.Frame) {
 		return
 	}
 	if !s.perms.canSubscribe(f.Topic) {
-		h.metrics.errors.WithLabelValues(protocol.CodeForbidden).Inc()
 		s.sendErr(f.ID, protocol.CodeForbidden, fmt.Sprintf("%s %q may not subscribe to %q", s.info.Role, s.info.Name, pattern))
 		return
 	}
@@ -240,7 +239,6 @@ func (s *Session) handleSub(f *protocol.Frame) {
 	n := s.nsubs
 	s.subMu.Unlock()
 	if n >= h.cfg.MaxSubs {
-		h.metrics.errors.WithLabelValues(protocol.CodeTooManySubs).Inc()
 		s.sendErr(f.ID, protocol.CodeTooManySubs, fmt.Sprintf("at most %d subscriptions per connection", h.cfg.MaxSubs))
 		return
 	}
@@ -248,7 +246,6 @@ func (s *Session) handleSub(f *protocol.Frame) {
 	defer cancel()
 	if err := h.runSubHooks(ctx, s, pattern); err != nil {
 		code, text := errCode(err, protocol.CodeRejected)
-		h.metrics.errors.WithLabelValues(code).Inc()
 		s.sendErr(f.ID, code, text)
 		return
 	}

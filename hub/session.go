@@ -70,8 +70,7 @@ func (h *Hub) serveConn(c net.Conn, dialect string) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c.SetDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
 		if err := tc.Handshake(); err != nil {
-			h.log.Debug("tls handshake failed", "remote", c.RemoteAddr().String(), "err", err)
-			c.Close()
+			h.tlsHandshakeFailed(c, err)
 			return
 		}
 		c.SetDeadline(time.Time{})
@@ -198,7 +197,11 @@ func (s *Session) handshake(rd *protocol.Reader) bool {
 // the hub has one, else taking the client at its word.
 func (h *Hub) identify(hello protocol.Hello) (Identity, error) {
 	if h.cfg.Auth != nil {
-		return h.cfg.Auth.Authenticate(hello)
+		id, err := h.cfg.Auth.Authenticate(hello)
+		if err != nil {
+			h.log.Warn("authentication failed", "role", hello.Role, "name", hello.Name, "err", err)
+		}
+		return id, err
 	}
 	id := Identity{Role: hello.Role, Name: hello.Name}
 	if id.Role == protocol.RoleVendor {
@@ -318,14 +321,12 @@ var (
 func (s *Session) handlePub(f *protocol.Frame) {
 	h := s.hub
 	if s.limiter != nil && !s.limiter.Allow() {
-		h.metrics.errors.WithLabelValues(protocol.CodeRateLimited).Inc()
 		s.sendErr(f.ID, protocol.CodeRateLimited, fmt.Sprintf("more than %d publishes per second", h.cfg.PubRate))
 		return
 	}
 	// The hooks see the message id, so an app can tell a retry from a new publish.
 	if err := h.checkPublish(withPublishKey(context.Background(), f.Key), s, f.Topic, f.Payload); err != nil {
 		code, text := errCode(err, protocol.CodeRejected)
-		h.metrics.errors.WithLabelValues(code).Inc()
 		s.sendErr(f.ID, code, text)
 		return
 	}
@@ -334,7 +335,6 @@ func (s *Session) handlePub(f *protocol.Frame) {
 	seq, err := h.publishChecked(ctx, f.Topic, f.Key, f.Payload, f.Flags&protocol.FlagDurable != 0)
 	if err != nil {
 		code, text := errCode(err, protocol.CodeUnavailable)
-		h.metrics.errors.WithLabelValues(code).Inc()
 		s.sendErr(f.ID, code, text)
 		return
 	}
@@ -378,14 +378,15 @@ func (s *Session) handleReq(f *protocol.Frame) {
 	out, err := fn(ctx, s.info, f.Payload)
 	if err != nil {
 		code, text := errCode(err, protocol.CodeInternal)
-		h.metrics.errors.WithLabelValues(code).Inc()
 		s.sendErr(f.ID, code, text)
 		return
 	}
 	s.sendFrame(&protocol.Frame{Op: protocol.OpReply, ID: f.ID, Topic: f.Topic, Payload: out})
 }
 
+// sendErr queues a recoverable ERR and counts it in caps_errors_total.
 func (s *Session) sendErr(id uint64, code, text string) {
+	s.hub.metrics.errors.WithLabelValues(code).Inc()
 	s.sendFrame(protocol.ErrorFrame(id, code, text, false))
 }
 
@@ -414,10 +415,10 @@ func (s *Session) send(b []byte) bool {
 	}
 	if s.outBytes+len(b) > s.hub.cfg.MaxPending {
 		s.mu.Unlock()
-		s.hub.metrics.slowConsumers.Inc()
-		s.hub.metrics.errors.WithLabelValues(protocol.CodeSlowConsumer).Inc()
-		s.hub.log.Warn("slow consumer disconnected", "id", s.info.ID, "name", s.info.Name, "pending_bytes", s.hub.cfg.MaxPending)
-		s.fail(0, protocol.CodeSlowConsumer, fmt.Sprintf("more than %d bytes waiting to be read", s.hub.cfg.MaxPending))
+		if s.fail(0, protocol.CodeSlowConsumer, fmt.Sprintf("more than %d bytes waiting to be read", s.hub.cfg.MaxPending)) {
+			s.hub.metrics.slowConsumers.Inc()
+			s.hub.log.Warn("slow consumer disconnected", "id", s.info.ID, "name", s.info.Name, "pending_bytes", s.hub.cfg.MaxPending)
+		}
 		return false
 	}
 	s.out = append(s.out, b)
@@ -430,18 +431,25 @@ func (s *Session) send(b []byte) bool {
 	return true
 }
 
-// fail sends a fatal ERR and closes the session once it is written.
-func (s *Session) fail(id uint64, code, text string) {
-	s.closeWith(protocol.ErrorFrame(id, code, text, true), errors.New(code+": "+text))
+// fail sends a fatal ERR and closes the session once it is written. It
+// reports whether this call closed the session (and so counted the error);
+// a session already closing is left alone.
+func (s *Session) fail(id uint64, code, text string) bool {
+	if !s.closeWith(protocol.ErrorFrame(id, code, text, true), errors.New(code+": "+text)) {
+		return false
+	}
+	s.hub.metrics.errors.WithLabelValues(code).Inc()
+	return true
 }
 
 // closeWith queues a last frame (if any, bypassing the queue limit), stops
 // accepting more and lets the write loop flush and close the connection.
-func (s *Session) closeWith(last *protocol.Frame, reason error) {
+// It reports false when the session was already closing.
+func (s *Session) closeWith(last *protocol.Frame, reason error) bool {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	s.closing = true
 	s.closeErr = reason
@@ -458,6 +466,7 @@ func (s *Session) closeWith(last *protocol.Frame, reason error) {
 	}
 	s.mu.Unlock()
 	close(s.done)
+	return true
 }
 
 // writeLoop writes queued frames, many per system call, until the session
