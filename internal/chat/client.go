@@ -68,6 +68,8 @@ type Client struct {
 	done   chan struct{}
 	closed sync.Once
 
+	showMu sync.Mutex // see showRoomMessage
+
 	mu      sync.Mutex
 	conn    *client.Conn
 	gen     int // generation of conn, to ignore callbacks of replaced ones
@@ -76,7 +78,7 @@ type Client struct {
 	order   []string // joined rooms, in joining order
 	current string
 	dm      *client.Subscription
-	seen    map[string]*idSet // room → recent message ids
+	seen    map[string]*idSet // room ("" for private messages) → recent message ids
 	lastSt  client.State
 }
 
@@ -264,26 +266,43 @@ func (c *Client) onError(gen int, err error) {
 // shows those missed while away (the subscriptions came back live only).
 func (c *Client) catchUp(conn *client.Conn, rooms []string) {
 	for _, room := range rooms {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
-		body, _ := json.Marshal(roomRequest{Room: room, Limit: c.cfg.History})
-		reply, err := conn.Request(ctx, ServiceHistory, body)
-		cancel()
-		if err != nil {
-			if !errors.Is(err, client.ErrClosed) {
-				c.fail(fmt.Errorf("catching up on %s: %w", room, err))
-			}
-			continue
-		}
-		var msgs []Message
-		if err := json.Unmarshal(reply, &msgs); err != nil {
+		c.fetchRecent(conn, room, Event{CaughtUp: true})
+	}
+}
+
+// fetchRecent shows the messages of room stored on the hub that this client
+// has not shown yet, flagged as in mark.
+func (c *Client) fetchRecent(conn *client.Conn, room string, mark Event) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+	defer cancel()
+	body, _ := json.Marshal(roomRequest{Room: room, Limit: c.cfg.History})
+	reply, err := conn.Request(ctx, ServiceHistory, body)
+	if err != nil {
+		if !errors.Is(err, client.ErrClosed) {
 			c.fail(fmt.Errorf("catching up on %s: %w", room, err))
-			continue
 		}
-		for _, m := range msgs {
-			if c.firstSight(room, m.ID) {
-				c.emit(Event{Kind: EventMessage, Msg: m, CaughtUp: true})
-			}
-		}
+		return
+	}
+	var msgs []Message
+	if err := json.Unmarshal(reply, &msgs); err != nil {
+		c.fail(fmt.Errorf("catching up on %s: %w", room, err))
+		return
+	}
+	for _, m := range msgs {
+		e := mark
+		e.Kind, e.Msg = EventMessage, m
+		c.showRoomMessage(room, e)
+	}
+}
+
+// showRoomMessage emits a room message unless it was shown already. History,
+// live delivery and catch-up may overlap; holding showMu across the check
+// and the emit keeps each of them in order.
+func (c *Client) showRoomMessage(room string, e Event) {
+	c.showMu.Lock()
+	defer c.showMu.Unlock()
+	if c.firstSight(room, e.Msg.ID) {
+		c.emit(e)
 	}
 }
 
@@ -303,7 +322,9 @@ func (c *Client) firstSight(room, id string) bool {
 func (c *Client) subscribeDM(ctx context.Context, conn *client.Conn, name string) (*client.Subscription, error) {
 	sub, err := conn.Subscribe(ctx, DMTopic(name), func(m *client.Msg) {
 		msg, err := decode(m.Payload)
-		if err != nil {
+		// Private messages are not stored, so the engine cannot drop the
+		// copy of one sent again after a lost connection: drop it here.
+		if err != nil || !c.firstSight("", msg.ID) {
 			return
 		}
 		c.emit(Event{Kind: EventPrivate, Msg: msg})
@@ -335,10 +356,10 @@ func (c *Client) subscribeRoom(ctx context.Context, conn *client.Conn, room stri
 	}
 	rs.msgs, err = conn.Subscribe(ctx, RoomTopic(room), func(m *client.Msg) {
 		msg, err := decode(m.Payload)
-		if err != nil || !c.firstSight(room, msg.ID) {
+		if err != nil {
 			return
 		}
-		c.emit(Event{Kind: EventMessage, Msg: msg, History: m.History})
+		c.showRoomMessage(room, Event{Kind: EventMessage, Msg: msg, History: m.History})
 	}, opts...)
 	if err != nil {
 		_ = rs.presence.Unsubscribe()
@@ -371,6 +392,12 @@ func (c *Client) Join(ctx context.Context, room string) error {
 	rs, err := c.subscribeRoom(ctx, conn, room, c.cfg.History)
 	if err != nil {
 		return err
+	}
+	if c.cfg.History > 0 {
+		// The hub replays history and then starts the live feed; a message
+		// stored between the two would be in neither. Asking once more now
+		// that the feed is live closes that gap (what was shown is skipped).
+		c.fetchRecent(conn, room, Event{History: true})
 	}
 	c.mu.Lock()
 	c.rooms[room] = rs
@@ -449,8 +476,14 @@ func (c *Client) publish(ctx context.Context, conn *client.Conn, topic string, m
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
-	// The id makes a publish repeated after a lost connection count once.
-	_, err = conn.Publish(ctx, topic, body, client.WithMsgID(m.ID))
+	for {
+		// The id makes a publish repeated after a lost connection count
+		// once: the engine drops the copy if the first one was stored.
+		_, err = conn.Publish(ctx, topic, body, client.WithMsgID(m.ID))
+		if !errors.Is(err, client.ErrDisconnected) || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
 		var pe *protocol.Error
 		if errors.As(err, &pe) {

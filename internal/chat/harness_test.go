@@ -36,6 +36,7 @@ type testHub struct {
 	app    *App
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
 // startHub runs a hub with the chat app. Its heartbeat is short enough for
@@ -69,12 +70,14 @@ func startHub(t *testing.T, acfg AppConfig, mod func(*hub.Config)) *testHub {
 }
 
 func (th *testHub) stop() {
-	th.cancel()
-	select {
-	case <-th.done:
-	case <-time.After(20 * time.Second):
-		panic("hub did not stop in 20s")
-	}
+	th.once.Do(func() {
+		th.cancel()
+		select {
+		case <-th.done:
+		case <-time.After(20 * time.Second):
+			panic("hub did not stop in 20s")
+		}
+	})
 }
 
 // output is a goroutine-safe buffer whose readers can wait for a line.
@@ -338,4 +341,81 @@ func startFree(t *testing.T, addr, name, room string) *lineClient {
 			return lc
 		}
 	}
+}
+
+// proxy forwards TCP connections to a hub and can cut them all, to make a
+// client lose its connection while the hub and everyone else carry on.
+type proxy struct {
+	t      *testing.T
+	ln     net.Listener
+	target string
+
+	mu    sync.Mutex
+	down  bool
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{t: t, ln: ln, target: target}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		down := p.down
+		p.mu.Unlock()
+		if down {
+			c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go func() { defer p.wg.Done(); io.Copy(up, c); up.Close() }()
+		go func() { defer p.wg.Done(); io.Copy(c, up); c.Close() }()
+	}
+}
+
+// cut drops every connection and refuses new ones until restore.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
 }

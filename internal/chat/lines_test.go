@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -431,4 +432,70 @@ func TestChatRules(t *testing.T) {
 		t.Errorf("alice heard from mallory:\n%s", alice.out)
 	}
 	alice.end()
+}
+
+// A client that loses its connection comes back by itself and shows what
+// was said while it was away.
+func TestReconnectCatchesUp(t *testing.T) {
+	h := startHub(t, AppConfig{}, nil)
+	addr := h.Addr().String()
+	px := startProxy(t, addr)
+	alice := startLines(t, px.addr(), "alice", "lobby")
+	bob := startLines(t, addr, "bob", "lobby")
+	alice.out.waitLine(t, "[lobby] * bob joined")
+
+	px.cut()
+	alice.out.waitLine(t, "* connection lost; reconnecting…")
+	bob.out.waitLine(t, "[lobby] * alice left")
+	bob.send("while you were away")
+	bob.out.waitLine(t, "[lobby] bob: while you were away")
+	px.restore()
+	alice.out.waitFor(t, "alice back", func(s string) bool { return count(s, "* connected to "+px.addr()+" as alice") == 2 })
+	alice.out.waitLine(t, "[lobby] bob: while you were away")
+	bob.out.waitFor(t, "alice back in lobby", func(s string) bool { return count(s, "[lobby] * alice joined") == 1 })
+	bob.send("welcome back")
+	alice.out.waitLine(t, "[lobby] bob: welcome back")
+	alice.sync()
+	if n := count(alice.out.String(), "[lobby] bob: while you were away"); n != 1 {
+		t.Errorf("alice saw the missed message %d times", n)
+	}
+	alice.end()
+	bob.end()
+}
+
+// Clients ride through a hub restart: they reconnect by themselves, the
+// rooms work again, and the history is still there for a newcomer.
+func TestHubRestart(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	same := func(c *hub.Config) { c.Addr, c.DataDir = addr, dir }
+
+	h1 := startHub(t, AppConfig{}, same)
+	alice := startLines(t, addr, "alice", "lobby")
+	bob := startLines(t, addr, "bob", "lobby")
+	alice.send("before the restart")
+	bob.out.waitLine(t, "[lobby] alice: before the restart")
+
+	h1.stop()
+	alice.out.waitLine(t, "* connection lost; reconnecting…")
+	bob.out.waitLine(t, "* connection lost; reconnecting…")
+	startHub(t, AppConfig{}, same)
+	for _, c := range []*lineClient{alice, bob} {
+		c.out.waitFor(t, c.name+" back", func(s string) bool { return count(s, "* connected to "+addr+" as "+c.name) == 2 })
+	}
+	alice.ask(t, "/who", "* in lobby (2): alice, bob")
+	bob.send("after the restart")
+	alice.out.waitLine(t, "[lobby] bob: after the restart")
+
+	carol := startLines(t, addr, "carol", "lobby")
+	carol.out.waitLine(t, "[lobby] alice: before the restart")
+	carol.out.waitLine(t, "[lobby] bob: after the restart")
+	for _, c := range []*lineClient{alice, bob, carol} {
+		c.end()
+	}
 }
