@@ -140,8 +140,8 @@ func TestAuthVendorConfinedToItsStore(t *testing.T) {
 
 	forbidden := []*protocol.Frame{
 		{Op: protocol.OpPub, ID: 1, Topic: []byte("shop.store-b.order"), Payload: []byte("{}")}, // post for another store
-		{Op: protocol.OpSub, ID: 2, Topic: []byte("shop.store-b.>")},                           // read another store
-		{Op: protocol.OpSub, ID: 3, Topic: []byte("shop.*.order")},                             // read every store
+		{Op: protocol.OpSub, ID: 2, Topic: []byte("shop.store-b.>")},                            // read another store
+		{Op: protocol.OpSub, ID: 3, Topic: []byte("shop.*.order")},                              // read every store
 		{Op: protocol.OpSub, ID: 4, Topic: []byte("shop.>")},
 		{Op: protocol.OpSub, ID: 5, Topic: []byte(">")},
 		{Op: protocol.OpPub, ID: 6, Topic: []byte("shop.store-a.done"), Payload: []byte("{}")}, // a driver's event
