@@ -17,7 +17,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m,
+		// The end-to-end tests run hubs with an embedded nats-server, which
+		// keeps a few process-wide goroutines alive (as in hub's own tests).
+		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
+		goleak.IgnoreTopFunction("time.Sleep"),
+	)
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -48,6 +54,12 @@ type collector struct {
 func (c *collector) handle(m *Msg) {
 	c.mu.Lock()
 	c.msgs = append(c.msgs, m)
+	c.mu.Unlock()
+}
+
+func (c *collector) reset() {
+	c.mu.Lock()
+	c.msgs = nil
 	c.mu.Unlock()
 }
 
@@ -376,9 +388,28 @@ func TestSharedSid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var g2 collector
+	sg2, err := c.Subscribe(ctx, "x.>", g2.handle, Queue("q"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if subs := h.frames(protocol.OpSub); len(subs) != 2 {
 		t.Fatalf("%d SUB frames, want 2 (one per pattern+group)", len(subs))
 	}
+	// Two local members of one queue group: each message to one of them.
+	for range 10 {
+		if err := c.PublishAsync("x.z", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "group deliveries", func() bool { return g.len()+g2.len() == 10 && a.len() == 10 })
+	if g.len() == 0 || g2.len() == 0 {
+		t.Fatalf("round robin: %d and %d", g.len(), g2.len())
+	}
+	sg2.Unsubscribe()
+	a.reset()
+	b.reset()
+	g.reset()
 	if _, err := c.Publish(ctx, "x.y", []byte("1")); err != nil {
 		t.Fatal(err)
 	}

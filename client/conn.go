@@ -560,9 +560,7 @@ func (c *Conn) handle(t *transport, f *protocol.Frame) {
 	case protocol.OpPing:
 		_ = t.enqueue(&protocol.Frame{Op: protocol.OpPong, ID: f.ID}, false)
 	case protocol.OpPong:
-		if f.ID != 0 {
-			t.complete(f.ID, 0, nil, nil)
-		}
+		t.pong()
 	case protocol.OpBye:
 		c.log.Info("caps: hub said bye", "hub", t.addr, "reason", string(f.Payload))
 		t.die(fmt.Errorf("%w: %s", ErrHubClosing, f.Payload))

@@ -78,14 +78,30 @@ func (c *Conn) Request(ctx context.Context, service string, payload []byte) ([]b
 	return cl.payload, nil
 }
 
-// Flush waits until the hub has read everything sent before it (a PING
-// answered by a PONG), for example after PublishAsync.
+// Flush waits until the hub has read everything sent before it: it sends a
+// PING and waits for the PONG. Useful after PublishAsync. When the
+// connection is down it waits for it to come back (bounded by ctx).
 func (c *Conn) Flush(ctx context.Context) error {
-	f := protocol.Frame{Op: protocol.OpPing}
-	if _, err := c.roundTrip(ctx, &f); err != nil {
-		return fmt.Errorf("flush: %w", err)
+	for {
+		t, err := c.transport(ctx)
+		if err != nil {
+			return fmt.Errorf("flush: %w", err)
+		}
+		cl := newCall()
+		if err := t.flush(cl); err != nil {
+			continue // died before the PING was queued
+		}
+		select {
+		case <-cl.done:
+			if cl.err != nil {
+				return fmt.Errorf("flush: %w", cl.err)
+			}
+			return nil
+		case <-ctx.Done():
+			t.cancelFlush(cl)
+			return fmt.Errorf("flush: %w", ctx.Err())
+		}
 	}
-	return nil
 }
 
 // roundTrip sends f with a fresh correlation id and waits for its answer.

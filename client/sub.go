@@ -561,10 +561,17 @@ func (c *Conn) deliver(t *transport, f *protocol.Frame) {
 		}
 	} else {
 		for _, e := range ents {
-			if hist && e.so.History == 0 {
-				continue // history asked for by another subscription on the same sid
+			switch {
+			case hist && e.so.History == 0:
+				// history asked for by another subscription on the same sid
+			case e.group != "" && len(e.subs) > 1:
+				// The hub gave it to this connection as one member of the
+				// queue group: one local member handles it.
+				targets = append(targets, e.subs[c.subs.rr%uint64(len(e.subs))])
+				c.subs.rr++
+			default:
+				targets = append(targets, e.subs...)
 			}
-			targets = append(targets, e.subs...)
 		}
 	}
 	c.mu.Unlock()

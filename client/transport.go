@@ -36,6 +36,12 @@ func (cl *call) complete(seq uint64, payload []byte, err error) {
 
 type ackKey struct{ sid, seq uint64 }
 
+// flushWait is a Flush waiting for the PONG answering the n-th PING.
+type flushWait struct {
+	n  uint64
+	cl *call
+}
+
 // transport is one physical connection to a hub: a read goroutine, a write
 // goroutine that coalesces everything queued since its last write, and a
 // heartbeat goroutine. It lives from the handshake until die; a Conn goes
@@ -54,6 +60,7 @@ type transport struct {
 	wcond *sync.Cond
 	wbuf  []byte
 	werr  error
+	pings uint64        // PINGs queued so far (guarded by wmu)
 	kick  chan struct{} // something was queued
 	stop  chan struct{} // flush what is queued, then stop writing
 	stopO sync.Once
@@ -63,7 +70,9 @@ type transport struct {
 	pmu     sync.Mutex
 	pending map[uint64]*call
 	acks    map[ackKey][]*call
-	gone    bool // set by die under pmu: nothing may register any more
+	flushes []flushWait // Flush calls waiting for the PONG to their PING, in order
+	pongs   uint64      // PONGs received so far
+	gone    bool        // set by die under pmu: nothing may register any more
 
 	lastRecv atomic.Int64 // unix nanoseconds
 	lastSend atomic.Int64
@@ -122,12 +131,6 @@ func (t *transport) isDead() bool {
 	}
 }
 
-// disconnected wraps the reason the transport died as an ErrDisconnected.
-func (t *transport) disconnected() error {
-	<-t.dead
-	return fmt.Errorf("%w: %w", ErrDisconnected, t.deadErr)
-}
-
 // die ends the transport: it detaches it from its Conn (so new calls wait for
 // the next one), closes the socket and fails every pending call. It must not
 // be called with Conn.mu held.
@@ -136,8 +139,8 @@ func (t *transport) die(err error) {
 		t.pmu.Lock()
 		t.gone = true
 		t.deadErr = err
-		pending, acks := t.pending, t.acks
-		t.pending, t.acks = nil, nil
+		pending, acks, flushes := t.pending, t.acks, t.flushes
+		t.pending, t.acks, t.flushes = nil, nil, nil
 		t.pmu.Unlock()
 
 		t.c.detach(t)
@@ -160,6 +163,9 @@ func (t *transport) die(err error) {
 				cl.complete(0, nil, derr)
 			}
 		}
+		for _, w := range flushes {
+			w.cl.complete(0, nil, derr)
+		}
 	})
 }
 
@@ -177,12 +183,74 @@ func (t *transport) enqueue(f *protocol.Frame, block bool) error {
 		return err
 	}
 	t.wbuf = f.Append(t.wbuf)
+	if f.Op == protocol.OpPing {
+		t.pings++
+	}
 	t.wmu.Unlock()
+	t.kickWriter()
+	return nil
+}
+
+func (t *transport) kickWriter() {
 	select {
 	case t.kick <- struct{}{}:
 	default:
 	}
+}
+
+// flush queues a PING and registers cl to complete when its PONG arrives.
+// PONGs are matched by count, not by id: the hub answers PINGs in order,
+// and a hub that does not echo the PING's id is still understood.
+func (t *transport) flush(cl *call) error {
+	t.wmu.Lock()
+	if t.werr != nil {
+		err := t.werr
+		t.wmu.Unlock()
+		return err
+	}
+	t.wbuf = (&protocol.Frame{Op: protocol.OpPing}).Append(t.wbuf)
+	t.pings++
+	n := t.pings
+	// Register before releasing wmu so that the PONG cannot be counted first.
+	t.pmu.Lock()
+	if t.gone {
+		err := t.disconnectedLocked()
+		t.pmu.Unlock()
+		t.wmu.Unlock()
+		return err
+	}
+	t.flushes = append(t.flushes, flushWait{n, cl})
+	t.pmu.Unlock()
+	t.wmu.Unlock()
+	t.kickWriter()
 	return nil
+}
+
+// pong counts a PONG and completes the Flush calls it answers.
+func (t *transport) pong() {
+	t.pmu.Lock()
+	t.pongs++
+	var done []*call
+	i := 0
+	for ; i < len(t.flushes) && t.flushes[i].n <= t.pongs; i++ {
+		done = append(done, t.flushes[i].cl)
+	}
+	t.flushes = t.flushes[i:]
+	t.pmu.Unlock()
+	for _, cl := range done {
+		cl.complete(0, nil, nil)
+	}
+}
+
+func (t *transport) cancelFlush(cl *call) {
+	t.pmu.Lock()
+	defer t.pmu.Unlock()
+	for i, w := range t.flushes {
+		if w.cl == cl {
+			t.flushes = append(t.flushes[:i:i], t.flushes[i+1:]...)
+			return
+		}
+	}
 }
 
 func (t *transport) writeLoop() {
