@@ -37,6 +37,11 @@ type Config struct {
 	Auth Authenticator
 	// Legacy allows the classroom JSON dialect: "auto" (default: only when Auth is nil), "on", "off".
 	Legacy string
+	// LegacyGrace is how long a classroom connection may stay silent before
+	// it is taken for what an app presumes of silent ones — the parcel app:
+	// a driver (default 6s, longer than the classroom vendor's 5 s interval,
+	// so that a vendor is not mistaken for a driver before its first order).
+	LegacyGrace time.Duration
 	// AllowedOrigins for WebSocket upgrades (host patterns); empty allows same-origin only,
 	// "*" allows any origin.
 	AllowedOrigins []string
@@ -81,6 +86,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.Legacy == "" {
 		c.Legacy = "auto"
+	}
+	if c.LegacyGrace <= 0 {
+		c.LegacyGrace = 6 * time.Second
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = 20000

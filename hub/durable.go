@@ -295,9 +295,10 @@ func (h *Hub) runDeliverHooks(s *Session, topic, payload []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	t := string(topic)
+	info := s.infoSnapshot() // this runs on the consumer's goroutine
 	for _, dh := range h.deliverHooks {
 		if protocol.Match(dh.pattern, topic) {
-			if err := dh.fn(ctx, s.info, t, payload); err != nil {
+			if err := dh.fn(ctx, info, t, payload); err != nil {
 				return err
 			}
 		}

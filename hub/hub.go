@@ -279,7 +279,7 @@ func (h *Hub) sessionInfos() []SessionInfo {
 	ss := h.allSessions()
 	out := make([]SessionInfo, 0, len(ss))
 	for _, s := range ss {
-		out = append(out, s.info)
+		out = append(out, s.infoSnapshot())
 	}
 	return out
 }
@@ -299,6 +299,9 @@ func (h *Hub) heartbeats(ctx context.Context) {
 		now := time.Now().UnixNano()
 		hb := int64(h.cfg.Heartbeat)
 		for _, s := range h.allSessions() {
+			if s.legacy != nil {
+				continue // classroom clients have no heartbeats; TCP keepalive finds dead ones (hub/legacy.go)
+			}
 			if now-s.lastRecv.Load() > 2*hb {
 				s.fail(0, protocol.CodeHeartbeat, fmt.Sprintf("no traffic for %s", time.Duration(2*hb)))
 				continue
@@ -332,6 +335,7 @@ func (h *Hub) EngineReady() bool { return h.engineOK.Load() && h.eng != nil && h
 
 // setupCore declares the hub's own stream: connection events.
 func (h *Hub) setupCore(ctx context.Context, x *Host) error {
+	h.setupLegacy(x)
 	return x.AddStream(ctx, engine.StreamSpec{Name: "CAPS_CLIENTS", Topics: []string{"client.>"}, MaxAge: 7 * 24 * time.Hour})
 }
 

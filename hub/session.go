@@ -24,11 +24,15 @@ import (
 // runs serveConn) and a write loop; everything sent to it goes through a
 // bounded queue so that no client can stall another.
 type Session struct {
-	hub   *Hub
-	conn  net.Conn
-	info  SessionInfo
-	ident Identity
-	perms *perms
+	hub  *Hub
+	conn net.Conn
+	info SessionInfo
+	// infoMu guards info against other goroutines while a classroom session
+	// changes its role (hub/legacy.go, on its read loop): code on other
+	// goroutines that copies info takes infoSnapshot.
+	infoMu sync.RWMutex
+	ident  Identity
+	perms  *perms
 	// legacy is non-nil for classroom-dialect sessions: it turns deliveries
 	// into bare JSON objects.
 	legacy *legacyCodec
@@ -94,6 +98,14 @@ func (h *Hub) serveConn(c net.Conn, dialect string) {
 	br := bufio.NewReaderSize(c, 512)
 	first, err := br.Peek(1)
 	if err != nil {
+		if isTimeout(err) && dialect == "caps" && h.legacyPresumesSilent() {
+			// A classroom driver says nothing until it is given work: with
+			// the classroom dialect allowed and an app that knows what a
+			// silent classroom client is, silence is not a failed handshake
+			// (hub/legacy.go).
+			h.serveLegacy(s, br, true)
+			return
+		}
 		if isTimeout(err) {
 			h.metrics.errors.WithLabelValues(protocol.CodeHandshakeTime).Inc()
 			s.writeNow(protocol.ErrorFrame(0, protocol.CodeHandshakeTime, "no HELLO within "+h.cfg.HandshakeTimeout.String(), true).Encode())
@@ -102,7 +114,7 @@ func (h *Hub) serveConn(c net.Conn, dialect string) {
 		return
 	}
 	if first[0] == '{' && dialect == "caps" {
-		h.serveLegacy(s, br)
+		h.serveLegacy(s, br, false)
 		return
 	}
 	rd := protocol.NewReader(br, h.cfg.MaxFrame)
@@ -346,11 +358,18 @@ func (s *Session) handlePub(f *protocol.Frame) {
 
 // checkPublish runs validation, permissions and app hooks for a client publish.
 func (h *Hub) checkPublish(ctx context.Context, s *Session, topic, payload []byte) error {
+	return h.checkPublishAs(ctx, s.info, s.perms, topic, payload)
+}
+
+// checkPublishAs is checkPublish for an identity and permissions given
+// apart from a session's own: a classroom session publishes with those of
+// the persona it is taken for (hub/legacy.go).
+func (h *Hub) checkPublishAs(ctx context.Context, info SessionInfo, p *perms, topic, payload []byte) error {
 	if !protocol.ValidTopic(topic) {
 		return Reject(protocol.CodeBadTopic, fmt.Sprintf("invalid topic %q", topic))
 	}
-	if !s.perms.canPublish(topic) {
-		return Reject(protocol.CodeForbidden, fmt.Sprintf("%s %q may not publish to %q", s.info.Role, s.info.Name, topic))
+	if !p.canPublish(topic) {
+		return Reject(protocol.CodeForbidden, fmt.Sprintf("%s %q may not publish to %q", info.Role, info.Name, topic))
 	}
 	var t string
 	for _, ph := range h.pubHooks {
@@ -358,7 +377,7 @@ func (h *Hub) checkPublish(ctx context.Context, s *Session, topic, payload []byt
 			if t == "" {
 				t = string(topic)
 			}
-			if err := ph.fn(ctx, s.info, t, payload); err != nil {
+			if err := ph.fn(ctx, info, t, payload); err != nil {
 				return err
 			}
 		}
@@ -533,9 +552,10 @@ func (s *Session) writeBatch(batch [][]byte) error {
 	h.metrics.framesOut.Add(float64(len(batch)))
 	h.metrics.bytesOut.Add(float64(n))
 	if s.legacy != nil {
-		// One object per write so a client doing JSON.parse(chunk) works.
+		// One object per write so a client doing JSON.parse(chunk) works;
+		// legacy.write also paces them and acknowledges what waited for it.
 		for _, b := range batch {
-			if _, err := s.conn.Write(b); err != nil {
+			if err := s.legacy.write(s, b); err != nil {
 				return err
 			}
 		}
@@ -580,4 +600,12 @@ func (s *Session) cleanup() {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// infoSnapshot returns a copy of the session's info, safe to take from any
+// goroutine (see infoMu).
+func (s *Session) infoSnapshot() SessionInfo {
+	s.infoMu.RLock()
+	defer s.infoMu.RUnlock()
+	return s.info
 }
