@@ -129,6 +129,13 @@ func (x *Host) NameEvents(pattern string, fn func(topic string) string) {
 	x.h.eventNamers = append(x.h.eventNamers, patternHook[func(string) string]{[]byte(pattern), fn})
 }
 
+// PrivateEvents keeps topics matching pattern out of the hub's EVENT lines:
+// their payloads are for their recipients only (chat's private messages).
+// It does not change who may subscribe to them; permissions do that.
+func (x *Host) PrivateEvents(pattern string) {
+	x.h.privateEvents = append(x.h.privateEvents, []byte(pattern))
+}
+
 // Publish publishes as the hub itself (no permission checks, no hooks).
 // Stored topics are acknowledged by the engine before it returns.
 func (x *Host) Publish(ctx context.Context, topic string, payload []byte) error {

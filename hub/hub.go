@@ -41,6 +41,7 @@ type Hub struct {
 	disconnectHooks []DisconnectHook
 	services        map[string]RequestHandler
 	eventNamers     []patternHook[func(string) string]
+	privateEvents   [][]byte // topic patterns kept out of EVENT lines (Host.PrivateEvents)
 
 	router   *router
 	durables *durables

@@ -137,6 +137,11 @@ func (h *Hub) logEvent(topic, payload []byte) {
 	if h.events.quiet {
 		return
 	}
+	for _, p := range h.privateEvents {
+		if protocol.Match(p, topic) {
+			return
+		}
+	}
 	line := eventLine{
 		Event:   h.eventName(topic),
 		Topic:   string(topic),

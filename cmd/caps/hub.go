@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/chat"
 )
 
 func newHubCmd() *cobra.Command {
@@ -84,5 +85,8 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 
 // hubApps builds the applications the hub serves (parcel dispatcher, chat).
 func hubApps(_ *cobra.Command, _ *hub.Config) ([]hub.App, error) {
-	return nil, nil
+	var apps []hub.App
+	// Chat: rooms, presence, history and private messages (role chat).
+	apps = append(apps, chat.NewApp(chat.AppConfig{}))
+	return apps, nil
 }

@@ -30,6 +30,7 @@ func main() {
 		newHubCmd(),
 		newTokenCmd(),
 		newCertCmd(),
+		newChatCmd(),
 	)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "caps:", err)

@@ -162,6 +162,8 @@ func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 		DenyPublish:   []string{"chat.>"},
 	})
 
+	host.PrivateEvents(DMTopic(">"))
+
 	host.OnConnect(a.onConnect)
 	host.OnDisconnect(a.onDisconnect)
 	host.OnSubscribe(RoomTopic("*"), a.onSubscribe)
