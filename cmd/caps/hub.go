@@ -9,6 +9,8 @@ import (
 
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/chat"
+	"github.com/caps-hub/caps/internal/dashboard"
+	"github.com/caps-hub/caps/web"
 )
 
 func newHubCmd() *cobra.Command {
@@ -88,5 +90,7 @@ func hubApps(_ *cobra.Command, _ *hub.Config) ([]hub.App, error) {
 	var apps []hub.App
 	// Chat: rooms, presence, history and private messages (role chat).
 	apps = append(apps, chat.NewApp(chat.AppConfig{}))
+	// The web dashboard, at / on the HTTP port.
+	apps = append(apps, dashboard.New(dashboard.Options{Assets: web.Dashboard()}))
 	return apps, nil
 }

@@ -1,0 +1,176 @@
+package dashboard_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/caps-hub/caps/internal/chat"
+)
+
+// TestPageShowsTheSystemLive opens the dashboard of a hub that vendors and
+// drivers are busy on, and checks each panel: orders appear and move to
+// delivered, the store filter, a timeline, people with drivers' loads,
+// traffic charts, and a chat message going from the page to a line-mode
+// chat client and back.
+func TestPageShowsTheSystemLive(t *testing.T) {
+	th := startHub(t, nil)
+	f := newFleet(t, th)
+	for _, store := range []string{"1-206-flowers", "pizza-palace", "book-nook"} {
+		f.vendor(store, 0, 400*time.Millisecond, "")
+	}
+	for _, d := range []string{"dana", "eli", "fay"} {
+		f.driver(d, 600*time.Millisecond, 900*time.Millisecond, "")
+	}
+	// A chat user in a terminal, in line mode.
+	term := startLineChat(t, th, "bob", "lobby")
+
+	b := newBrowser(t, 1400, 1000)
+	b.do("open the dashboard", chromedp.Navigate(th.url()))
+	b.until("the page is ready", `document.body.dataset.ready === "true"`)
+	b.until("the connection is up", `document.getElementById("conn-state").dataset.state === "connected"`)
+
+	// Orders appear, and one seen before delivery moves on to delivered.
+	b.until("an order not yet delivered", `!!document.querySelector("#orders tbody tr:not([data-status=delivered])")`)
+	id := eval[string](b, `document.querySelector("#orders tbody tr:not([data-status=delivered])").dataset.id`)
+	b.until("order "+id+" delivered", `document.querySelector('#orders tbody tr[data-id="`+id+`"]')?.dataset.status === "delivered"`)
+	b.until("orders of three stores", `new Set([...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent)).size === 3`)
+	b.until("a delivered order timed in every stage",
+		`[...document.querySelectorAll("#orders tbody tr[data-status=delivered]")].some(tr =>
+			[...tr.querySelectorAll("td.t")].every(td => /\d/.test(td.textContent)))`)
+
+	// Filter by store.
+	b.do("filter by store", chromedp.SetValue(chromedp.CSS("#f-store"), "pizza-palace"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("f-store").dispatchEvent(new Event("change"))`))
+	b.until("only pizza-palace's orders", `(() => {
+		const s = [...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent);
+		return s.length > 0 && s.every(x => x === "pizza-palace");
+	})()`)
+	// And by status and driver together with it.
+	b.do("filter by status", chromedp.SetValue(chromedp.CSS("#f-status"), "delivered"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("f-status").dispatchEvent(new Event("change"))`))
+	b.until("only delivered pizza-palace orders", `(() => {
+		const rows = [...document.querySelectorAll("#orders tbody tr")];
+		return rows.length > 0 && rows.every(r => r.dataset.status === "delivered" && r.querySelector("td.store").textContent === "pizza-palace");
+	})()`)
+	driver := eval[string](b, `document.querySelector("#orders tbody td.driver").textContent`)
+	b.do("filter by driver", chromedp.SetValue(chromedp.CSS("#f-driver"), driver),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("f-driver").dispatchEvent(new Event("change"))`))
+	b.until("only "+driver+"'s orders", `[...document.querySelectorAll("#orders tbody td.driver")].every(td => td.textContent === `+js(driver)+`)`)
+
+	// The timeline of a delivered order: what `caps track` shows.
+	b.do("open a timeline", chromedp.Click(chromedp.CSS("#orders tbody tr[data-status=delivered]")))
+	b.until("the timeline dialog", `document.getElementById("timeline").open`)
+	b.until("its four steps", `[...document.querySelectorAll("#timeline-steps tbody tr")].map(r => r.dataset.status).join(",") === "pickup,assigned,in-transit,delivered"`)
+	b.until("who carried it", `document.querySelector("#timeline-facts").textContent.includes("driver `+driver+`")`)
+	b.do("close the timeline", chromedp.Click(chromedp.CSS("#timeline .dialog-head button")))
+	b.until("the dialog closed", `!document.getElementById("timeline").open`)
+	b.do("clear the filters", chromedp.Evaluate[chromedp.Void](`for (const id of ["f-store", "f-status", "f-driver"]) {
+		const s = document.getElementById(id); s.value = ""; s.dispatchEvent(new Event("change"));
+	}`))
+
+	// People: vendors, drivers with their loads, the chat user, the page.
+	b.until("people of every role", `(() => {
+		const roles = [...document.querySelectorAll("#people-table tbody tr")].map(r => r.dataset.role);
+		return ["vendor", "driver", "chat", "admin"].every(r => roles.includes(r)) && roles.filter(r => r === "driver").length === 3;
+	})()`)
+	b.until("drivers' loads", `[...document.querySelectorAll("#people-table tbody tr[data-role=driver] td.load")].every(td => /^\d+$/.test(td.textContent))`)
+	b.until("someone carrying parcels", `[...document.querySelectorAll("#people-table tbody tr[data-role=driver] td.load")].some(td => td.textContent !== "0")`)
+
+	// Traffic: lines in both charts, counters.
+	b.until("the message rate chart", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
+	b.until("the latency chart", `document.querySelectorAll("#chart-latency polyline").length >= 2`)
+	b.until("connections counted", `Number(document.querySelector("[data-stat=conns] dd").firstChild.textContent) >= 8`)
+
+	// Chat: join as alice, hear bob's terminal, and be heard there.
+	b.do("join the chat", chromedp.SetValue(chromedp.CSS("#chat-name"), "alice"),
+		chromedp.Click(chromedp.CSS("#chat-join button")))
+	b.until("in the lobby", `!document.getElementById("chat-box").hidden && document.getElementById("chat-who").textContent.includes("bob")`)
+	term.waitFor(t, "[lobby] * alice joined")
+	b.do("say hello", chromedp.SetValue(chromedp.CSS("#chat-text"), "hello from the browser"),
+		chromedp.Click(chromedp.CSS("#chat-send button")))
+	term.waitFor(t, "[lobby] alice: hello from the browser")
+	term.say("hi alice, bob here")
+	b.until("bob's answer in the page", `[...document.querySelectorAll("#chat-log li")].some(li => li.textContent.includes("bob: hi alice, bob here"))`)
+}
+
+// TestPageOnAPhone checks that the page fits a phone's width: no sideways
+// scrolling, the sections one under the other.
+func TestPageOnAPhone(t *testing.T) {
+	th := startHub(t, nil)
+	f := newFleet(t, th)
+	f.vendor("1-206-flowers", 0, 300*time.Millisecond, "")
+	f.vendor("pizza-palace", 0, 300*time.Millisecond, "")
+	f.driver("dana", 500*time.Millisecond, 800*time.Millisecond, "")
+	f.driver("eli", 500*time.Millisecond, 800*time.Millisecond, "")
+
+	b := newBrowser(t, 390, 844)
+	b.do("open the dashboard as a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
+		chromedp.Navigate(th.url()))
+	b.until("the page is ready", `document.body.dataset.ready === "true"`)
+	b.until("orders", `document.querySelectorAll("#orders tbody tr").length >= 4`)
+	b.until("traffic", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
+	if w := eval[int](b, `document.documentElement.scrollWidth`); w > 390 {
+		t.Errorf("the page is %dpx wide on a 390px screen", w)
+	}
+	if !eval[bool](b, `document.getElementById("traffic").getBoundingClientRect().top > document.getElementById("parcels").getBoundingClientRect().bottom - 1`) {
+		t.Error("on a phone, traffic is not below parcels")
+	}
+}
+
+// lineChat is a chat client in line mode, as in a terminal.
+type lineChat struct {
+	in  *io.PipeWriter
+	mu  sync.Mutex
+	out bytes.Buffer
+}
+
+func startLineChat(t *testing.T, th *testHub, name, room string) *lineChat {
+	t.Helper()
+	r, w := io.Pipe()
+	lc := &lineChat{in: w}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- chat.RunLines(ctx, chat.ClientConfig{Hubs: []string{th.addr()}, Name: name, Room: room, Logger: testLog()}, r, lc, lc)
+	}()
+	t.Cleanup(func() {
+		w.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("chat %s: %v", name, err)
+		}
+	})
+	lc.waitFor(t, "["+room+"]")
+	return lc
+}
+
+func (lc *lineChat) Write(p []byte) (int, error) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	return lc.out.Write(p)
+}
+
+func (lc *lineChat) say(line string) { _, _ = io.WriteString(lc.in, line+"\n") }
+
+func (lc *lineChat) waitFor(t *testing.T, s string) {
+	t.Helper()
+	eventually(t, "the chat terminal prints "+s, func() error {
+		lc.mu.Lock()
+		defer lc.mu.Unlock()
+		if !strings.Contains(lc.out.String(), s) {
+			return errString("not yet; it printed:\n" + lc.out.String())
+		}
+		return nil
+	})
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
