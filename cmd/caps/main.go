@@ -30,6 +30,7 @@ func main() {
 		newHubCmd(),
 		newTokenCmd(),
 		newCertCmd(),
+		newBenchCmd(),
 		newChatCmd(),
 	)
 	if err := root.ExecuteContext(ctx); err != nil {
