@@ -1,0 +1,87 @@
+package parcel
+
+// The classroom dialect (hub/legacy.go): Node.js classroom vendors and
+// drivers speak bare {"event","payload"} objects with no handshake. The hub
+// asks the Dispatcher, as a hub.LegacyRouter, what their events mean; the
+// answers put them in the same queues as native clients, under the same
+// rules:
+//
+//   - a classroom connection that says nothing is a driver (the classroom
+//     driver only listens until it is given a pickup): it joins the drivers'
+//     work queue, one pickup at a time (the classroom client parses each
+//     read as one object, so it must not be handed a burst);
+//   - its in-transit acknowledges the pickup it was handed (the classroom
+//     protocol has no acks), and the dispatcher holds it to the same holder
+//     and lifecycle rules as a native driver (the hub names it
+//     "classroom-<hex>");
+//   - its first pickup makes a connection the vendor of that store, for good:
+//     it leaves the drivers' queue (handing back anything it held) and joins
+//     the store's durable notifications, shared with native vendors of the
+//     store, which the hub acknowledges once written to the socket.
+
+import (
+	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/protocol"
+)
+
+var _ hub.LegacyRouter = (*Dispatcher)(nil)
+
+// LegacyIdle makes a silent classroom connection a driver.
+func (d *Dispatcher) LegacyIdle() (hub.LegacyPersona, bool) { return classroomDriver(), true }
+
+// LegacyRoute maps the classroom's pickup, in-transit and delivered events to
+// parcel topics; other events are not the parcel service's.
+func (d *Dispatcher) LegacyRoute(s hub.SessionInfo, event string, payload []byte) (hub.LegacyRoute, bool, error) {
+	switch event {
+	case EventPickup, EventInTransit, EventDelivered:
+	default:
+		return hub.LegacyRoute{}, false, nil
+	}
+	ev, err := ParsePayload(payload)
+	if err != nil {
+		return hub.LegacyRoute{}, true, reject(err)
+	}
+	// The same message ids as the native clients: a repeated event is a
+	// retry the dispatcher accepts once and the engine stores once.
+	r := hub.LegacyRoute{Topic: Topic(event, ev.Store), Key: msgID(ev.OrderID, event)}
+	if event == EventPickup {
+		if s.Role == protocol.RoleVendor && s.Store != ev.Store {
+			return r, true, reject(refuse(RuleWrongStore, "this classroom connection posts pickups for store %s, not %s", s.Store, ev.Store))
+		}
+		p := classroomVendor(ev.Store)
+		r.Persona = &p
+		return r, true, nil
+	}
+	if s.Role == protocol.RoleVendor {
+		return r, true, reject(refuse(RuleNotHolder, "this classroom connection is the vendor of %s; a driver reports %s on a connection of its own", s.Store, event))
+	}
+	p := classroomDriver()
+	r.Persona = &p
+	if event == EventInTransit {
+		r.Settles = ev.OrderID // matches pickupAckKey of the pickup it was handed
+	}
+	return r, true, nil
+}
+
+func classroomDriver() hub.LegacyPersona {
+	return hub.LegacyPersona{Role: protocol.RoleDriver, Subs: []hub.LegacySub{{
+		Pattern: Topic(EventPickup, "*"), Durable: DriversDurable, Flags: protocol.FlagDeliverAll,
+		MaxInFlight: 1, AckKey: pickupAckKey,
+	}}}
+}
+
+func classroomVendor(store string) hub.LegacyPersona {
+	return hub.LegacyPersona{Role: protocol.RoleVendor, Store: store, Subs: []hub.LegacySub{{
+		Pattern: Topic(EventDelivered, store), Durable: VendorDurable(store), Flags: protocol.FlagDeliverAll,
+		MaxInFlight: 1,
+	}}}
+}
+
+// pickupAckKey names a pickup delivery by its (normalised) order id.
+func pickupAckKey(_ string, payload []byte) string {
+	ev, err := ParsePayload(payload)
+	if err != nil {
+		return ""
+	}
+	return ev.OrderID
+}
