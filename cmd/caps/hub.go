@@ -69,6 +69,7 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.StringVar(&natsRoutes, "nats-routes", "", "other cluster members' routes, comma-separated (nats-route://b:6222,…)")
 	f.StringVar(&natsClient, "nats-client", "", "host:port where the embedded NATS accepts NATS clients (cluster mode)")
 	f.StringVar(&cfg.Legacy, "legacy", "auto", "classroom JSON dialect: auto (on unless --auth), on, off")
+	f.DurationVar(&cfg.LegacyGrace, "legacy-grace", 6*time.Second, "silence after which a classroom connection is taken for a driver")
 	f.StringVar(&origins, "ws-origins", "", `WebSocket origin patterns allowed, comma-separated ("*" = any)`)
 	f.IntVar(&cfg.MaxConns, "max-conns", 20000, "maximum concurrent connections")
 	f.IntVar(&cfg.MaxFrame, "max-frame", 1<<20, "maximum frame size in bytes")
