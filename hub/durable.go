@@ -249,6 +249,7 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 		}
 		if m.s.deliver(f.Encode(), &f) {
 			h.metrics.deliveries.Inc()
+			h.metrics.deliveryLatency.Observe(time.Since(meta.Timestamp).Seconds())
 			return
 		}
 		// The session is closing: try another member.

@@ -25,6 +25,9 @@ type Metrics struct {
 	tlsErrors     *prometheus.CounterVec
 	publishes     *prometheus.CounterVec
 	storeLatency  prometheus.Histogram
+	// deliveryLatency is what a subscriber waits: from a durable message
+	// being stored to its hand-over to a session (the dashboard charts it).
+	deliveryLatency prometheus.Histogram
 }
 
 func newMetrics() *Metrics {
@@ -53,9 +56,15 @@ func newMetrics() *Metrics {
 			Help:    "Time for the engine to acknowledge a stored publish (includes the fsync with --sync-always).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12), // 100µs … ~2.4s
 		}),
+		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "caps_delivery_latency_seconds",
+			Help: "Time from a durable message being stored (the engine's timestamp) to its delivery to a subscriber: " +
+				"includes waiting for a subscriber with room (a free driver) and redeliveries.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2.5, 14), // 200µs … ~30s
+		}),
 	}
 	r.MustRegister(m.conns, m.framesIn, m.framesOut, m.bytesIn, m.bytesOut, m.deliveries, m.errors, m.slowConsumers,
-		m.tlsErrors, m.publishes, m.storeLatency,
+		m.tlsErrors, m.publishes, m.storeLatency, m.deliveryLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
