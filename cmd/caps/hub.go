@@ -43,6 +43,11 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 					}
 				}
 			}
+			switch cfg.Legacy {
+			case "auto", "on", "off":
+			default:
+				return fmt.Errorf("--legacy %q: want auto, on or off", cfg.Legacy)
+			}
 			if origins != "" {
 				cfg.AllowedOrigins = strings.Split(origins, ",")
 			}
