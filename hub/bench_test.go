@@ -1,0 +1,221 @@
+package hub_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/engine"
+	"github.com/caps-hub/caps/protocol"
+)
+
+// Benchmarks over real loopback TCP against a real hub with its embedded
+// engine: go test ./hub -run '^$' -bench . -benchmem
+
+// benchHub runs a quiet hub without a publish rate limit for a benchmark.
+func perfHub(b *testing.B, apps ...hub.App) *hub.Hub {
+	b.Helper()
+	sync := false // measure the hub, not the disk
+	h := hub.New(hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: b.TempDir(), Quiet: true, Name: "bench",
+		PubRate: -1, SyncAlways: &sync, Apps: apps, Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	select {
+	case <-h.Ready():
+	case err := <-done:
+		b.Fatalf("hub did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		b.Fatal("hub did not start in 30s")
+	}
+	b.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			b.Error("hub did not stop in 20s")
+		}
+	})
+	return h
+}
+
+// perfConn is a raw protocol connection for benchmarks (no client library,
+// so that only the hub's costs show).
+type perfConn struct {
+	c  net.Conn
+	rd *protocol.Reader
+}
+
+func dialPerf(b *testing.B, h *hub.Hub, name string) *perfConn {
+	b.Helper()
+	c, err := net.Dial("tcp", h.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	bc := &perfConn{c: c, rd: protocol.NewReader(c, 0)}
+	hello, _ := json.Marshal(protocol.Hello{Version: protocol.Version, Role: protocol.RoleClient, Name: name})
+	bc.write(b, &protocol.Frame{Op: protocol.OpHello, Payload: hello})
+	if f := bc.next(b); f.Op != protocol.OpWelcome {
+		b.Fatalf("want WELCOME, got %s", f)
+	}
+	return bc
+}
+
+func (bc *perfConn) write(b *testing.B, f *protocol.Frame) {
+	if _, err := bc.c.Write(f.Encode()); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// next returns the next frame other than PING.
+func (bc *perfConn) next(b *testing.B) *protocol.Frame {
+	bc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		f, err := bc.rd.Next()
+		if err != nil {
+			b.Fatalf("read: %v", err)
+		}
+		if f.Op != protocol.OpPing {
+			return f
+		}
+	}
+}
+
+func (bc *perfConn) subscribe(b *testing.B, pattern string) {
+	bc.write(b, &protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte(pattern)})
+	if f := bc.next(b); f.Op != protocol.OpOK {
+		b.Fatalf("SUB: %s", f)
+	}
+}
+
+// BenchmarkFanout: one publisher, N subscribers on one topic, all over
+// loopback. One op is one published message delivered to every subscriber;
+// allocs/op are the whole process's (hub, engine and the raw clients, whose
+// readers allocate nothing).
+func BenchmarkFanout(b *testing.B) {
+	for _, n := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) {
+			h := perfHub(b)
+			topic := fmt.Sprintf("bench.fanout.%d", n)
+			var got atomic.Int64
+			var wg sync.WaitGroup
+			subs := make([]*perfConn, n)
+			for i := range subs {
+				subs[i] = dialPerf(b, h, fmt.Sprintf("sub%d", i))
+				subs[i].subscribe(b, topic)
+			}
+			pub := dialPerf(b, h, "pub")
+			frame := (&protocol.Frame{Op: protocol.OpPub, Topic: []byte(topic), Payload: make([]byte, 128)}).Encode()
+			const batch = 64
+			buf := make([]byte, 0, batch*len(frame))
+			for i := 0; i < batch; i++ {
+				buf = append(buf, frame...)
+			}
+			// Readers count data messages; a probe (non-empty first byte)
+			// only tells that the subscription is live end to end.
+			var ready atomic.Int64
+			for _, s := range subs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					live := false
+					for k := 0; k < b.N; {
+						s.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+						f, err := s.rd.Next()
+						if err != nil {
+							return
+						}
+						if f.Op != protocol.OpMsg {
+							continue
+						}
+						if f.Payload[0] != 0 {
+							if !live {
+								live = true
+								ready.Add(1)
+							}
+							continue
+						}
+						got.Add(1)
+						k++
+					}
+				}()
+			}
+			probe := (&protocol.Frame{Op: protocol.OpPub, Topic: []byte(topic), Payload: []byte("probe")}).Encode()
+			for ready.Load() < int64(n) {
+				pub.c.Write(probe)
+				time.Sleep(time.Millisecond)
+			}
+			want := int64(b.N) * int64(n)
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			// Publish in batches, at most 8192 messages ahead of the slowest
+			// subscriber so that no one is a slow consumer.
+			for sent := 0; sent < b.N; {
+				k := min(batch, b.N-sent)
+				for int64(sent+k)*int64(n)-got.Load() > 8192*int64(n) {
+					time.Sleep(50 * time.Microsecond)
+				}
+				if _, err := pub.c.Write(buf[:k*len(frame)]); err != nil {
+					b.Fatal(err)
+				}
+				sent += k
+			}
+			wg.Wait()
+			b.StopTimer()
+			if got.Load() != want {
+				b.Fatalf("delivered %d of %d", got.Load(), want)
+			}
+			b.ReportMetric(float64(want)/b.Elapsed().Seconds(), "deliveries/s")
+		})
+	}
+}
+
+// perfStoredApp stores bench.stored.> so that publishes to it go through JetStream.
+type perfStoredApp struct{}
+
+func (perfStoredApp) Setup(ctx context.Context, x *hub.Host) error {
+	return x.AddStream(ctx, engine.StreamSpec{Name: "BENCH_STORED", Topics: []string{"bench.stored.>"}, MaxAge: time.Hour})
+}
+
+// BenchmarkStoredPublishPipelined: publishes to a stored topic, each answered with an
+// OK once the engine has it, 128 in flight. One op is one stored message.
+func BenchmarkStoredPublishPipelined(b *testing.B) {
+	h := perfHub(b, perfStoredApp{})
+	pub := dialPerf(b, h, "pub")
+	const inflight = 128
+	payload := make([]byte, 128)
+	var out []byte
+	b.ReportAllocs()
+	b.ResetTimer()
+	acked := 0
+	for sent := 0; sent < b.N; {
+		out = out[:0]
+		for k := 0; k < inflight/2 && sent < b.N && sent-acked < inflight; k++ {
+			sent++
+			f := protocol.Frame{Op: protocol.OpPub, ID: uint64(sent), Topic: []byte("bench.stored.x"), Payload: payload}
+			out = f.Append(out)
+		}
+		if len(out) > 0 {
+			if _, err := pub.c.Write(out); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for sent-acked >= inflight/2 || (sent == b.N && acked < sent) {
+			f := pub.next(b)
+			if f.Op != protocol.OpOK {
+				b.Fatalf("PUB: %s", f)
+			}
+			acked++
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
