@@ -242,12 +242,19 @@ func (lc *lineClient) exit() {
 // rawChat is a chat client speaking frames by hand, to die in ways the
 // client library never would.
 type rawChat struct {
-	t  *testing.T
-	c  net.Conn
-	rd *protocol.Reader
+	t       *testing.T
+	c       net.Conn
+	rd      *protocol.Reader
+	session string
 }
 
 func dialRaw(t *testing.T, addr, name string) *rawChat {
+	t.Helper()
+	return dialRawResume(t, addr, name, "")
+}
+
+// dialRawResume connects as a client that had session resume before.
+func dialRawResume(t *testing.T, addr, name, resume string) *rawChat {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -255,11 +262,17 @@ func dialRaw(t *testing.T, addr, name string) *rawChat {
 	}
 	t.Cleanup(func() { c.Close() })
 	r := &rawChat{t: t, c: c, rd: protocol.NewReader(c, 0)}
-	hello, _ := json.Marshal(protocol.Hello{Version: protocol.Version, Role: protocol.RoleChat, Name: name})
+	hello, _ := json.Marshal(protocol.Hello{Version: protocol.Version, Role: protocol.RoleChat, Name: name, Resume: resume})
 	r.send(&protocol.Frame{Op: protocol.OpHello, Payload: hello})
-	if f := r.next(); f.Op != protocol.OpWelcome {
+	f := r.next()
+	if f.Op != protocol.OpWelcome {
 		t.Fatalf("expected WELCOME, got %s %s %s", f.Op, f.Topic, f.Payload)
 	}
+	var w protocol.Welcome
+	if err := json.Unmarshal(f.Payload, &w); err != nil {
+		t.Fatal(err)
+	}
+	r.session = w.Session
 	return r
 }
 

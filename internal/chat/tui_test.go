@@ -3,10 +3,10 @@ package chat
 import (
 	"context"
 	"errors"
-	"io"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,10 +17,10 @@ import (
 // screen is a terminal emulator fed by what the program writes to a
 // pseudo-terminal, so a test reads the screen a person would see.
 type screen struct {
-	mu  sync.Mutex
-	emu *vt.Emulator
-	ptm *os.File
-	wg  sync.WaitGroup
+	mu      sync.Mutex
+	emu     *vt.Emulator
+	ptm     *os.File
+	stopped atomic.Bool
 }
 
 func newScreen(t *testing.T, cols, rows int) (*screen, *os.File) {
@@ -33,9 +33,9 @@ func newScreen(t *testing.T, cols, rows int) (*screen, *os.File) {
 		t.Fatal(err)
 	}
 	s := &screen{emu: vt.NewEmulator(cols, rows), ptm: ptm}
-	s.wg.Add(2)
+	shown, answered := make(chan struct{}), make(chan struct{})
 	go func() { // program → screen
-		defer s.wg.Done()
+		defer close(shown)
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := ptm.Read(buf)
@@ -50,16 +50,30 @@ func newScreen(t *testing.T, cols, rows int) (*screen, *os.File) {
 		}
 	}()
 	go func() { // the terminal's answers to the program's queries → program
-		defer s.wg.Done()
-		io.Copy(ptm, s.emu)
+		defer close(answered)
+		buf := make([]byte, 4096)
+		for {
+			n, err := s.emu.Read(buf)
+			if n > 0 {
+				ptm.Write(buf[:n])
+			}
+			if err != nil || s.stopped.Load() {
+				return
+			}
+		}
 	}()
 	t.Cleanup(func() {
 		tty.Close()
 		ptm.Close()
+		<-shown
+		// The emulator's Close races with a Read in progress (vt v0.1.0):
+		// end the answering loop first, by asking the emulator something.
+		s.stopped.Store(true)
 		s.mu.Lock()
-		s.emu.Close()
+		s.emu.Write([]byte("\x1b[c"))
 		s.mu.Unlock()
-		s.wg.Wait()
+		<-answered
+		s.emu.Close()
 	})
 	return s, tty
 }

@@ -1,0 +1,176 @@
+package chat
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/protocol"
+)
+
+// startNATS runs a NATS server with JetStream on loopback for several hubs
+// to share.
+func startNATS(t *testing.T) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(),
+		NoLog: true, NoSigs: true, ServerName: "shared",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+// Two hubs on one engine: people on either share rooms, presence, /who,
+// /rooms, private messages and the rule of one name at a time.
+func TestTwoHubs(t *testing.T) {
+	ns := startNATS(t)
+	on := func(name string) func(*hub.Config) {
+		return func(c *hub.Config) { c.NATSURLs, c.DataDir, c.Name = ns.ClientURL(), "", name }
+	}
+	east := startHub(t, AppConfig{}, on("east"))
+	west := startHub(t, AppConfig{}, on("west"))
+	alice := startLines(t, east.Addr().String(), "alice", "lobby")
+	bob := startLines(t, west.Addr().String(), "bob", "lobby")
+	alice.out.waitLine(t, "[lobby] * bob joined")
+
+	alice.send("hello from east")
+	bob.out.waitLine(t, "[lobby] alice: hello from east")
+	bob.send("hello from west", "/msg alice only you")
+	alice.out.waitLine(t, "[lobby] bob: hello from west")
+	alice.out.waitLine(t, "[dm] bob: only you")
+	alice.send("/who")
+	alice.out.waitLine(t, "* in lobby (2): alice, bob")
+	bob.send("/join dev", "/rooms")
+	bob.out.waitLine(t, "* rooms: dev (1), lobby (2)")
+
+	imp := tryLines(t, west.Addr().String(), "alice", "lobby")
+	err := <-imp.done
+	imp.done <- nil
+	var pe *protocol.Error
+	if !errors.As(err, &pe) || pe.Code != protocol.CodeNameTaken {
+		t.Fatalf("alice on the other hub: got %v, want name_taken", err)
+	}
+
+	bob.end()
+	alice.out.waitLine(t, "[lobby] * bob left")
+	alice.end()
+}
+
+// A hub that dies leaves records nobody refreshes; another hub sweeps them
+// away once they are stale and tells the rooms, once.
+func TestDeadHubRecordsSwept(t *testing.T) {
+	h := startHub(t, AppConfig{PresenceTTL: 600 * time.Millisecond}, nil)
+	addr := h.Addr().String()
+	alice := startLines(t, addr, "alice", "lobby")
+
+	// What a crashed hub leaves behind: ghost's name and membership.
+	kv := h.app.store.kv
+	ctx := context.Background()
+	for key, rec := range map[string]record{
+		nameKey("ghost"):            {Name: "ghost", Session: "s-dead", Hub: "crashed"},
+		memberKey("lobby", "ghost"): {Name: "ghost", Room: "lobby", Session: "s-dead", Hub: "crashed"},
+	} {
+		b, _ := json.Marshal(rec)
+		if _, err := kv.Put(ctx, key, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alice.out.waitLine(t, "[lobby] * ghost left")
+	alice.ask(t, "/who", "* in lobby (1): alice")
+	// The name is free again.
+	ghost := startLines(t, addr, "ghost", "lobby")
+	alice.out.waitLine(t, "[lobby] * ghost joined")
+	alice.sync()
+	if n := count(alice.out.String(), "[lobby] * ghost left"); n != 1 {
+		t.Errorf("ghost's departure was announced %d times", n)
+	}
+	ghost.end()
+	alice.end()
+}
+
+// A client that comes back (naming its previous session) before the hub has
+// noticed that the old connection is dead takes its name and rooms over
+// quietly: the room hears neither a join nor a leave.
+func TestResumeTakesOverQuietly(t *testing.T) {
+	h := startHub(t, AppConfig{}, nil)
+	addr := h.Addr().String()
+	bob := startLines(t, addr, "bob", "lobby")
+
+	old := dialRaw(t, addr, "alice")
+	old.join("lobby")
+	bob.out.waitLine(t, "[lobby] * alice joined")
+
+	// A stranger may not take the name, resume or not.
+	if _, err := tryDial(addr, "alice", "not-a-session"); err == nil || !strings.Contains(err.Error(), "name_taken") {
+		t.Fatalf("taking a live name: got %v", err)
+	}
+	again := dialRawResume(t, addr, "alice", old.session)
+	again.join("lobby")
+	old.c.Close()
+	bob.send("/who")
+	bob.out.waitLine(t, "* in lobby (2): alice, bob")
+	// Once the hub has finished with the old session, nothing was announced.
+	deadline := time.Now().Add(wait)
+	for sessionListed(h, old.session) {
+		if time.Now().After(deadline) {
+			t.Fatal("the hub never ended the old session")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	bob.ask(t, "/rooms", "* rooms: lobby (2)")
+	if n := count(bob.out.String(), "[lobby] * alice joined"); n != 1 {
+		t.Errorf("alice's return was announced (%d joins)", n)
+	}
+	if strings.Contains(bob.out.String(), "[lobby] * alice left") {
+		t.Errorf("the old connection's end was announced:\n%s", bob.out)
+	}
+	again.c.Close()
+	bob.out.waitLine(t, "[lobby] * alice left")
+	bob.end()
+}
+
+// tryDial attempts a raw chat handshake and returns the hub's refusal.
+func tryDial(addr, name, resume string) (protocol.Welcome, error) {
+	var w protocol.Welcome
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return w, err
+	}
+	defer c.Close()
+	hello, _ := json.Marshal(protocol.Hello{Version: protocol.Version, Role: protocol.RoleChat, Name: name, Resume: resume})
+	if _, err := c.Write((&protocol.Frame{Op: protocol.OpHello, Payload: hello}).Encode()); err != nil {
+		return w, err
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	f, err := protocol.NewReader(c, 0).Next()
+	if err != nil {
+		return w, err
+	}
+	if f.Op == protocol.OpErr {
+		return w, protocol.AsError(f)
+	}
+	return w, json.Unmarshal(f.Payload, &w)
+}
+
+func sessionListed(h *testHub, id string) bool {
+	for _, s := range h.app.host.Sessions() {
+		if s.ID == id {
+			return true
+		}
+	}
+	return false
+}
