@@ -146,7 +146,8 @@ func (d *durables) ensureConsumer(ctx context.Context, stream, pattern, name str
 		MaxDeliver:        -1,
 		MaxAckPending:     10000,
 		InactiveThreshold: 30 * 24 * time.Hour,
-		Replicas:          d.h.eng.Replicas,
+		// Replicas 0: the consumer inherits its stream's replica count, which
+		// may differ from the engine's default (an existing stream keeps its own).
 	})
 	if err != nil {
 		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("create consumer %s: %v", name, err))

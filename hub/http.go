@@ -13,16 +13,20 @@ func (h *Hub) httpHandler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		ready := h.EngineReady() && !h.stopping.Load()
+		// Connected to NATS is not enough: on the minority side of a network
+		// partition the connection is up but JetStream cannot store anything.
+		jsOK := h.eng != nil && h.eng.JetStreamAvailable()
+		ready := h.EngineReady() && jsOK && !h.stopping.Load()
 		w.Header().Set("Content-Type", "application/json")
 		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		json.NewEncoder(w).Encode(map[string]any{
-			"ready":    ready,
-			"engine":   h.EngineReady(),
-			"stopping": h.stopping.Load(),
-			"sessions": h.nconns.Load(),
+			"ready":     ready,
+			"engine":    h.EngineReady(),
+			"jetstream": jsOK,
+			"stopping":  h.stopping.Load(),
+			"sessions":  h.nconns.Load(),
 		})
 	})
 	mux.Handle("GET /metrics", h.metrics.Handler())

@@ -26,6 +26,9 @@ func (h *Hub) streamFor(pattern []byte) string {
 	return ""
 }
 
+// storeTimeout bounds the wait for the engine to store a message.
+const storeTimeout = 10 * time.Second
+
 // publish sends a message into the engine. Stored topics go through
 // JetStream and return once the engine has acknowledged them (so an OK to a
 // client means it is on disk); live topics are handed to NATS.
@@ -42,8 +45,12 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 		m.Header = nats.Header{nats.MsgIdHdr: []string{string(key)}}
 	}
 	if h.streamFor(topic) != "" {
+		ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		defer cancel()
 		start := time.Now()
-		ack, err := h.eng.JS.PublishMsg(ctx, m)
+		// PublishStored repeats a keyed publish whose answer was lost (NATS
+		// node failover); de-duplication by the key makes that safe.
+		ack, err := h.eng.PublishStored(ctx, m)
 		if err != nil {
 			return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("store %s: %v", topic, err))
 		}

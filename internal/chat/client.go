@@ -72,8 +72,10 @@ type Client struct {
 
 	mu      sync.Mutex
 	conn    *client.Conn
-	gen     int // generation of conn, to ignore callbacks of replaced ones
+	gen     int // generation of conn, to ignore callbacks of other connections
+	nextGen int
 	name    string
+	named   bool // the hub names this client by its token: /nick cannot work
 	rooms   map[string]*roomSubs
 	order   []string // joined rooms, in joining order
 	current string
@@ -120,13 +122,25 @@ func NewClient(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	dm, err := c.subscribeDM(ctx, conn, cfg.Name)
+	// A hub with authentication names and roles its clients by their token,
+	// whatever they asked for.
+	w := conn.Welcome()
+	if w.Role != "" && w.Role != protocol.RoleChat {
+		conn.Close()
+		return nil, fmt.Errorf("the hub admits this token as %s %q; chat needs a token for role chat", w.Role, w.Name)
+	}
+	name := cfg.Name
+	if w.Name != "" {
+		name = w.Name
+	}
+	dm, err := c.subscribeDM(ctx, conn, name)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
 	c.mu.Lock()
-	c.conn, c.gen, c.name, c.dm = conn, gen, cfg.Name, dm
+	c.conn, c.gen, c.name, c.dm = conn, gen, name, dm
+	c.named = name != cfg.Name
 	c.lastSt = client.StateConnected
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventState, State: client.StateConnected, Hub: conn.Addr()})
@@ -180,7 +194,7 @@ func (c *Client) Close() error {
 		close(c.done)
 		c.mu.Lock()
 		conn := c.conn
-		c.gen++ // ignore the closing connection's callbacks
+		c.gen = -1 // ignore the closing connection's callbacks
 		c.mu.Unlock()
 		conn.Close()
 	})
@@ -211,11 +225,11 @@ func describe(err error) string {
 }
 
 // dial connects as name. The returned generation identifies the
-// connection's callbacks.
+// connection's callbacks, which are ignored until it becomes c.gen.
 func (c *Client) dial(ctx context.Context, name string) (*client.Conn, int, error) {
 	c.mu.Lock()
-	c.gen++
-	gen := c.gen
+	c.nextGen++
+	gen := c.nextGen
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
@@ -547,23 +561,21 @@ func (c *Client) Nick(ctx context.Context, name string) error {
 		return nil
 	}
 	c.mu.Lock()
-	oldGen := c.gen
+	named := c.named
 	c.mu.Unlock()
+	if named {
+		return fmt.Errorf("this hub names you by your token (you are %s); /nick cannot change that", c.Name())
+	}
 	conn, gen, err := c.dial(ctx, name)
 	if err != nil {
-		c.mu.Lock()
-		if c.gen == gen {
-			c.gen = oldGen // keep listening to the old connection
-		}
-		c.mu.Unlock()
 		return err
 	}
 	abort := func(err error) error {
 		conn.Close()
-		c.mu.Lock()
-		c.gen = oldGen
-		c.mu.Unlock()
 		return err
+	}
+	if w := conn.Welcome(); w.Name != "" && w.Name != name {
+		return abort(fmt.Errorf("this hub names you by your token (as %s); /nick cannot change that", w.Name))
 	}
 	dm, err := c.subscribeDM(ctx, conn, name)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -173,4 +174,55 @@ func sessionListed(h *testHub, id string) bool {
 		}
 	}
 	return false
+}
+
+// tokens is an authenticator for tests: token → identity.
+type tokens map[string]hub.Identity
+
+func (t tokens) Authenticate(h protocol.Hello) (hub.Identity, error) {
+	id, ok := t[h.Token]
+	if !ok {
+		return id, errors.New("unknown token")
+	}
+	return id, nil
+}
+
+// With authentication the hub names people by their token: the chat takes
+// the name it is given, refuses a token of another role, and /nick says why
+// it cannot work.
+func TestAuthenticatedNames(t *testing.T) {
+	h := startHub(t, AppConfig{}, func(c *hub.Config) {
+		c.Auth = tokens{
+			"t-alice": {Role: protocol.RoleChat, Name: "alice"},
+			"t-bob":   {Role: protocol.RoleChat, Name: "bob"},
+			"t-shop":  {Role: protocol.RoleVendor, Name: "acme", Store: "acme"},
+		}
+	})
+	addr := h.Addr().String()
+	ctx := context.Background()
+	start := func(token string) *lineClient {
+		lc := &lineClient{t: t, name: token, out: newOutput(), err: newOutput(), done: make(chan error, 1)}
+		var pr *io.PipeReader
+		pr, lc.in = io.Pipe()
+		go func() {
+			lc.done <- RunLines(ctx, ClientConfig{Hubs: []string{addr}, Name: "whoever", Room: "lobby", Token: token}, pr, lc.out, lc.err)
+		}()
+		t.Cleanup(func() { lc.in.Close() })
+		return lc
+	}
+	alice := start("t-alice")
+	alice.out.waitLine(t, "* connected to "+addr+" as alice")
+	bob := start("t-bob")
+	bob.out.waitLine(t, "[lobby] * bob joined")
+	alice.send("hi, I am who my token says")
+	bob.out.waitLine(t, "[lobby] alice: hi, I am who my token says")
+	alice.send("/nick mallory")
+	alice.err.waitLine(t, "! this hub names you by your token (you are alice); /nick cannot change that")
+
+	shop := start("t-shop")
+	if err := <-shop.done; err == nil || !strings.Contains(err.Error(), `the hub admits this token as vendor "acme"; chat needs a token for role chat`) {
+		t.Errorf("a vendor's token: got %v", err)
+	}
+	alice.end()
+	bob.end()
 }

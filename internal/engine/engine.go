@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -53,6 +55,10 @@ type Config struct {
 	// multi-machine deployment needs only the caps binary.
 	Cluster ClusterConfig
 
+	// HealthInterval is how often JetStream's health is checked once the
+	// engine is ready (default 2s); see JetStreamAvailable.
+	HealthInterval time.Duration
+
 	// ConnectTimeout bounds the wait for an external engine at start (0 = wait until ctx ends).
 	ConnectTimeout time.Duration
 
@@ -71,12 +77,28 @@ func (c ClusterConfig) enabled() bool { return c.Listen != "" }
 
 // Engine is a live connection to NATS with JetStream.
 type Engine struct {
-	NC       *nats.Conn
-	JS       jetstream.JetStream
+	NC *nats.Conn
+	JS jetstream.JetStream
+	// Replicas is the replica count new streams and buckets get: Config.Replicas,
+	// or the one chosen from the cluster size when that was 0.
 	Replicas int
 
-	srv *server.Server // nil when external
-	log *slog.Logger
+	// autoReplicas: Replicas was chosen here, not by the operator, so existing
+	// streams keep the replica count they have (a hub that starts while part
+	// of the cluster is down must not scale every stream down).
+	autoReplicas bool
+
+	// jsOK is JetStream's health as the monitor last saw it: false when the
+	// meta leader has not answered for a while (no quorum: this side of a
+	// network partition is the minority, or most servers are down).
+	jsOK        atomic.Bool
+	stopMonitor context.CancelFunc
+	monitorDone chan struct{}
+
+	srv    *server.Server // nil when external
+	urls   string         // external servers, for messages
+	routes []string       // the embedded member's routes, for messages
+	log    *slog.Logger
 }
 
 // Embedded reports whether the NATS server runs inside this process.
@@ -94,6 +116,9 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.Name == "" {
 		cfg.Name = "caps"
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = 2 * time.Second
 	}
 	e := &Engine{log: log}
 	opts := []nats.Option{
@@ -116,9 +141,11 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 			return nil, err
 		}
 		e.srv = srv
+		e.routes = cfg.Cluster.Routes
 		opts = append(opts, nats.InProcessServer(srv))
 	} else {
 		urls = cfg.URLs
+		e.urls = redact(urls)
 		opts = append(opts, nats.RetryOnFailedConnect(true))
 	}
 	nc, err := nats.Connect(urls, opts...)
@@ -137,13 +164,24 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
+	e.autoReplicas = cfg.Replicas <= 0
 	e.Replicas = cfg.Replicas
-	if e.Replicas <= 0 {
+	if e.autoReplicas {
+		size, how := e.clusterSize(ctx, cfg)
 		e.Replicas = 1
-		if n := e.clusterSize(cfg); n >= 3 {
+		if size >= 3 {
 			e.Replicas = 3
 		}
+		log.Info("engine cluster size", "servers", size, "counted_by", how, "replicas", e.Replicas)
+		if size == 2 {
+			log.Warn("the NATS cluster has only 2 servers: streams get 1 replica (3 need 3 servers); a 2-server JetStream cluster stops when either server stops")
+		}
 	}
+	e.jsOK.Store(true)
+	monCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	e.stopMonitor = stop
+	e.monitorDone = make(chan struct{})
+	go e.monitor(monCtx, cfg.HealthInterval)
 	log.Info("engine ready", "embedded", e.Embedded(), "replicas", e.Replicas)
 	return e, nil
 }
@@ -160,7 +198,7 @@ func startEmbedded(cfg Config, log *slog.Logger) (*server.Server, error) {
 		ServerName:         cfg.Name,
 		JetStream:          true,
 		StoreDir:           store,
-		DontListen:         !cfg.Cluster.enabled() || cfg.Cluster.Client == "",
+		DontListen:         !cfg.Cluster.enabled(),
 		NoSigs:             true,
 		NoLog:              true,
 		SyncAlways:         cfg.SyncAlways,
@@ -173,12 +211,17 @@ func startEmbedded(cfg Config, log *slog.Logger) (*server.Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster listen: %w", err)
 		}
+		// JetStream clustering needs the same cluster name on every member and
+		// a unique server name each (the hub name); the store is this hub's own.
 		o.Cluster.Name = cfg.Cluster.Name
+		if o.Cluster.Name == "" {
+			o.Cluster.Name = "caps"
+		}
 		o.Cluster.Host, o.Cluster.Port = host, port
 		for _, r := range cfg.Cluster.Routes {
-			u, err := url.Parse(r)
+			u, err := parseRoute(r)
 			if err != nil {
-				return nil, fmt.Errorf("route %q: %w", r, err)
+				return nil, err
 			}
 			o.Routes = append(o.Routes, u)
 		}
@@ -188,6 +231,13 @@ func startEmbedded(cfg Config, log *slog.Logger) (*server.Server, error) {
 				return nil, fmt.Errorf("cluster client listen: %w", err)
 			}
 			o.Host, o.Port = h, p
+		} else {
+			// nats-server starts routing only once its client listener is up
+			// (DontListen would leave the member unrouted forever), so a member
+			// without a client address listens on a random loopback port that
+			// it does not announce to the cluster's clients.
+			o.Host, o.Port = "127.0.0.1", server.RANDOM_PORT
+			o.Cluster.NoAdvertise = true
 		}
 	}
 	srv, err := server.NewServer(o)
@@ -203,50 +253,221 @@ func startEmbedded(cfg Config, log *slog.Logger) (*server.Server, error) {
 	return srv, nil
 }
 
-// waitReady waits until JetStream answers, logging a clear line while it does not.
+// waitReady waits until JetStream answers, saying every few seconds, in
+// words an operator can act on, what it is waiting for.
 func (e *Engine) waitReady(ctx context.Context, limit time.Duration) error {
 	if limit > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, limit)
 		defer cancel()
 	}
-	last := time.Time{}
+	start := time.Now()
+	var last time.Time
+	var lastErr error
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := e.JS.AccountInfo(actx)
 		cancel()
 		if err == nil {
+			if !last.IsZero() {
+				e.log.Info("engine ready after waiting", "waited", time.Since(start).Round(time.Millisecond))
+			}
 			return nil
 		}
-		if time.Since(last) > 5*time.Second {
-			e.log.Warn("waiting for the engine (NATS with JetStream) to be ready", "err", err)
+		if ctx.Err() != nil {
+			if lastErr == nil {
+				lastErr = err
+			}
+			return fmt.Errorf("engine not ready after %s: %s (last error: %v)", time.Since(start).Round(time.Second), e.notReadyReason(lastErr), lastErr)
+		}
+		lastErr = err // the attempt's own error, not the end of ctx
+		if time.Since(last) >= 5*time.Second {
+			e.log.Warn("waiting for the engine: "+e.notReadyReason(err)+"; retrying",
+				"waited", time.Since(start).Round(time.Second), "err", err)
 			last = time.Now()
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("engine not ready: %w (last error: %v)", ctx.Err(), err)
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
 
-// clusterSize returns how many NATS servers the engine's cluster has, as
-// far as this connection knows (configured plus discovered URLs).
-func (e *Engine) clusterSize(cfg Config) int {
+// Server-side JetStream error codes the engine reacts to (nats-server's
+// server/errors.json; nats.go names only some of them).
+const (
+	errCodeClusterNoPeers        = 10005 // no suitable peers for placement
+	errCodeClusterNotAvail       = 10008 // JetStream system temporarily unavailable (no meta leader)
+	errCodeInsufficientResources = 10023
+	errCodeReplicasNotSupported  = 10074 // replicas > 1 on a server that is not clustered
+)
+
+func apiErrorCode(err error) jetstream.ErrorCode {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode
+	}
+	return 0
+}
+
+// notReadyReason says in a sentence why JetStream did not answer.
+func (e *Engine) notReadyReason(err error) string {
+	clustered := e.srv != nil && e.srv.JetStreamIsClustered()
+	switch {
+	case !e.NC.IsConnected() && e.srv == nil:
+		return fmt.Sprintf("no NATS server reachable at %s (is nats-server running there, with -js, and the address right?)", e.urls)
+	case !e.NC.IsConnected():
+		return "the embedded NATS server does not accept the hub's connection yet"
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount),
+		errors.Is(err, nats.ErrNoResponders):
+		return "NATS answers but JetStream does not: start nats-server with JetStream (-js, or jetstream {} in its config) and enable it for this account"
+	case clustered:
+		return fmt.Sprintf("the JetStream cluster has no leader yet: it elects one once more than half of its servers are up "+
+			"and connected to each other by routes (this member is connected to %d other member(s) so far; its routes: %s)",
+			e.routedPeers(), strings.Join(e.routes, ", "))
+	case apiErrorCode(err) == errCodeClusterNotAvail:
+		return "the JetStream cluster has no leader yet: it elects one once more than half of its servers are up and connected to each other by routes"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return "JetStream did not answer in time: a clustered JetStream needs more than half of its servers up to elect a leader"
+	}
+	return "JetStream is not ready: " + err.Error()
+}
+
+// routedPeers counts the cluster members the embedded server has routes to.
+func (e *Engine) routedPeers() int {
+	rz, err := e.srv.Routez(&server.RoutezOptions{})
+	if err != nil {
+		return 0
+	}
+	peers := map[string]bool{}
+	for _, r := range rz.Routes {
+		peers[r.RemoteName] = true
+	}
+	return len(peers)
+}
+
+// clusterSize returns how many NATS servers the engine's JetStream cluster
+// has, and how it counted them (for the log line).
+//
+//   - embedded, not clustered: 1;
+//   - embedded cluster member: the size of the JetStream meta group the
+//     embedded server reports (it knows its peers once a leader is elected);
+//   - external: 1 when the server says it is not in a cluster; otherwise the
+//     servers the connection knows, those given with --nats plus those the
+//     cluster announces to clients (INFO connect_urls), counted once per
+//     resolved IP address and port.
+//
+// The client view of an external cluster can miss a server that is down or
+// not yet routed, and can count one server twice when it announces several
+// interfaces; an operator who knows better passes --replicas.
+func (e *Engine) clusterSize(ctx context.Context, cfg Config) (int, string) {
 	if e.srv != nil {
 		if !e.srv.JetStreamIsClustered() {
-			return 1
+			return 1, "embedded server, not clustered"
 		}
-		return len(cfg.Cluster.Routes) + 1
+		if jsz, err := e.srv.Jsz(nil); err == nil && jsz.Meta != nil && jsz.Meta.Size > 0 {
+			return jsz.Meta.Size, "JetStream meta group of the embedded server"
+		}
+		return len(cfg.Cluster.Routes) + 1, "configured routes"
 	}
-	return max(len(e.NC.Servers()), 1)
+	if e.NC.ConnectedClusterName() == "" {
+		return 1, "standalone NATS server (not in a cluster)"
+	}
+	n := countServers(ctx, e.NC.Servers())
+	// Right after a cluster starts, the INFO the hub got may not list every
+	// server yet: give gossip a moment to announce the rest.
+	deadline := time.Now().Add(2 * time.Second)
+	for n < 3 && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+		n = max(n, countServers(ctx, e.NC.Servers()))
+	}
+	return n, "NATS servers given and announced by the cluster, by resolved address"
+}
+
+// countServers counts distinct servers among NATS URLs, resolving host
+// names so that "nats://a:4222" and the announced "10.0.0.1:4222" count once.
+func countServers(ctx context.Context, urls []string) int {
+	seen := map[string]bool{}
+	n := 0
+	for _, raw := range urls {
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			continue
+		}
+		host, port := u.Hostname(), u.Port()
+		if port == "" {
+			port = "4222"
+		}
+		addrs := []string{host}
+		if net.ParseIP(host) == nil {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			if ips, err := net.DefaultResolver.LookupHost(rctx, host); err == nil && len(ips) > 0 {
+				addrs = ips
+			}
+			cancel()
+		}
+		dup := false
+		for _, a := range addrs {
+			k := net.JoinHostPort(a, port)
+			dup = dup || seen[k]
+			seen[k] = true
+		}
+		if !dup {
+			n++
+		}
+	}
+	return max(n, 1)
+}
+
+// monitor asks the JetStream meta leader for account info every
+// healthInterval. Two failures in a row mark JetStream unavailable (logged
+// once); one success marks it available again.
+func (e *Engine) monitor(ctx context.Context, every time.Duration) {
+	defer close(e.monitorDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	fails := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		actx, cancel := context.WithTimeout(ctx, max(every, 2*time.Second))
+		_, err := e.JS.AccountInfo(actx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			fails = 0
+			if !e.jsOK.Swap(true) {
+				e.log.Info("engine: JetStream available again")
+			}
+			continue
+		}
+		fails++
+		if fails >= 2 && e.jsOK.Swap(false) {
+			e.log.Warn("engine: JetStream unavailable: stored publishes are refused and durable deliveries pause until it returns; "+
+				e.notReadyReason(err), "err", err)
+		}
+	}
 }
 
 // Ready reports whether the engine connection is up.
 func (e *Engine) Ready() bool { return e.NC != nil && e.NC.IsConnected() }
 
+// JetStreamAvailable reports whether JetStream answered recently: false on
+// the minority side of a network partition, or while the cluster has no
+// leader. Connected (Ready) but not available means stored publishes fail.
+func (e *Engine) JetStreamAvailable() bool { return e.Ready() && e.jsOK.Load() }
+
 // Close drains the connection and stops the embedded server.
 func (e *Engine) Close() {
+	if e.stopMonitor != nil {
+		e.stopMonitor()
+		<-e.monitorDone
+	}
 	if e.NC != nil {
 		if err := e.NC.Drain(); err != nil {
 			e.NC.Close()
@@ -265,6 +486,19 @@ func (e *Engine) shutdownServer() {
 		e.srv.Shutdown()
 		e.srv.WaitForShutdown()
 	}
+}
+
+// parseRoute accepts "host:port" or "nats-route://host:port" (any scheme).
+func parseRoute(r string) (*url.URL, error) {
+	r = strings.TrimSpace(r)
+	if !strings.Contains(r, "://") {
+		r = "nats-route://" + r
+	}
+	u, err := url.Parse(r)
+	if err != nil || u.Hostname() == "" || u.Port() == "" {
+		return nil, fmt.Errorf("route %q: want host:port or nats-route://host:port", r)
+	}
+	return u, nil
 }
 
 func splitHostPort(hp string) (string, int, error) {

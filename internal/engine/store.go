@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -47,11 +49,118 @@ func (e *Engine) EnsureStream(ctx context.Context, spec StreamSpec) (jetstream.S
 	if cfg.Duplicates == 0 {
 		cfg.Duplicates = 2 * time.Minute
 	}
-	s, err := e.JS.CreateOrUpdateStream(ctx, cfg)
+	var s jetstream.Stream
+	err := e.retryPlacement(ctx, "stream "+spec.Name, func(ctx context.Context) error {
+		var err error
+		s, err = e.ensureStream(ctx, cfg)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", spec.Name, err)
 	}
 	return s, nil
+}
+
+// ensureStream creates the stream, and only when one with another
+// configuration exists reads it and updates it. Create comes first because
+// it is idempotent (an identical stream is simply returned) and because every
+// hub of a cluster runs this at start, often at the same moment: a stream
+// info or update request that arrives while another hub's create of the same
+// replicated stream is in flight is not answered until it times out.
+func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	want.Replicas = e.Replicas
+	s, err := e.JS.CreateStream(ctx, want)
+	if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return s, err
+	}
+	cur, err := e.JS.Stream(ctx, want.Name)
+	if err != nil {
+		return nil, err
+	}
+	have := cur.CachedInfo().Config
+	want.Replicas = e.replicasOf(want.Name, have.Replicas)
+	if sameStream(have, want) {
+		return cur, nil
+	}
+	e.log.Info("engine: updating stream", "stream", want.Name, "replicas", want.Replicas)
+	return e.JS.UpdateStream(ctx, want)
+}
+
+// sameStream compares the fields EnsureStream sets (the server fills in others).
+func sameStream(a, b jetstream.StreamConfig) bool {
+	return slices.Equal(slices.Sorted(slices.Values(a.Subjects)), slices.Sorted(slices.Values(b.Subjects))) &&
+		a.Storage == b.Storage && a.Retention == b.Retention && a.Replicas == b.Replicas &&
+		a.MaxAge == b.MaxAge && a.MaxMsgsPerSubject == b.MaxMsgsPerSubject && a.MaxBytes == b.MaxBytes &&
+		a.Duplicates == b.Duplicates && a.Discard == b.Discard
+}
+
+// replicasOf returns the replica count an existing stream should have:
+// e.Replicas when the operator chose it, else the one it has, so a hub
+// started while part of the cluster is down (and counting fewer servers)
+// never scales streams down, and hubs that count differently never fight.
+// An operator changes the count of existing streams with --replicas.
+func (e *Engine) replicasOf(name string, have int) int {
+	if !e.autoReplicas || have <= 0 {
+		return e.Replicas
+	}
+	if have != e.Replicas {
+		e.log.Info("engine: keeping the replica count of an existing stream (pass --replicas to change it)",
+			"stream", name, "replicas", have, "auto", e.Replicas)
+	}
+	return have
+}
+
+// retryPlacement runs op until it succeeds, ctx ends, or it fails for a
+// reason waiting cannot fix. A JetStream cluster refuses to create replicated
+// streams while it has no leader or too few servers up to place the
+// replicas; the hub then waits, saying so every few seconds.
+func (e *Engine) retryPlacement(ctx context.Context, what string, op func(context.Context) error) error {
+	start := time.Now()
+	var last time.Time
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := op(actx)
+		cancel()
+		if err == nil || !placementRetryable(err) || ctx.Err() != nil {
+			if code := apiErrorCode(err); code == errCodeReplicasNotSupported {
+				return fmt.Errorf("%w (the NATS server is not in a cluster: start the hub with --replicas 1)", err)
+			}
+			return err
+		}
+		if time.Since(last) >= 5*time.Second {
+			e.log.Warn("waiting for the engine to create "+what+": "+placementReason(err, e.Replicas)+"; retrying",
+				"replicas", e.Replicas, "waited", time.Since(start).Round(time.Second), "err", err)
+			last = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (gave up waiting: %w)", err, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// placementRetryable reports whether a stream or bucket creation error may
+// go away by itself: the cluster is electing a leader, or some of its
+// servers are not (yet) up.
+func placementRetryable(err error) bool {
+	switch apiErrorCode(err) {
+	case errCodeClusterNoPeers, errCodeClusterNotAvail, errCodeInsufficientResources:
+		return true
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionReconnecting)
+}
+
+func placementReason(err error, replicas int) string {
+	switch apiErrorCode(err) {
+	case errCodeClusterNoPeers, errCodeInsufficientResources:
+		return fmt.Sprintf("the cluster cannot place %d replicas now (too few JetStream servers up, or out of storage); "+
+			"if it has fewer than %d servers, start the hub with --replicas 1", replicas, replicas)
+	case errCodeClusterNotAvail:
+		return "the JetStream cluster has no leader: it needs more than half of its servers up"
+	}
+	return "JetStream did not answer in time"
 }
 
 // KVSpec describes a key-value bucket.
@@ -64,17 +173,50 @@ type KVSpec struct {
 // EnsureKV creates the bucket or updates it to spec. It is idempotent.
 func (e *Engine) EnsureKV(ctx context.Context, spec KVSpec) (jetstream.KeyValue, error) {
 	cfg := jetstream.KeyValueConfig{
-		Bucket:   spec.Bucket,
-		History:  max(spec.History, 1),
-		TTL:      spec.TTL,
-		Storage:  jetstream.FileStorage,
-		Replicas: e.Replicas,
+		Bucket:  spec.Bucket,
+		History: max(spec.History, 1),
+		TTL:     spec.TTL,
+		Storage: jetstream.FileStorage,
 	}
-	kv, err := e.JS.CreateOrUpdateKeyValue(ctx, cfg)
+	var kv jetstream.KeyValue
+	err := e.retryPlacement(ctx, "bucket "+spec.Bucket, func(ctx context.Context) error {
+		var err error
+		kv, err = e.ensureKV(ctx, cfg)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", spec.Bucket, err)
 	}
 	return kv, nil
+}
+
+// ensureKV is ensureStream for a bucket (the stream KV_<bucket>).
+func (e *Engine) ensureKV(ctx context.Context, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	want.Replicas = e.Replicas
+	kv, err := e.JS.CreateKeyValue(ctx, want)
+	if !errors.Is(err, jetstream.ErrBucketExists) {
+		return kv, err
+	}
+	cur, err := e.JS.KeyValue(ctx, want.Bucket)
+	if err != nil {
+		return nil, err
+	}
+	st, err := cur.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return cur, nil
+	}
+	have := bs.StreamInfo().Config
+	want.Replicas = e.replicasOf(have.Name, have.Replicas)
+	if have.Replicas == want.Replicas && have.MaxMsgsPerSubject == int64(want.History) &&
+		have.MaxAge == want.TTL && have.Storage == want.Storage {
+		return cur, nil
+	}
+	e.log.Info("engine: updating bucket", "bucket", want.Bucket, "replicas", want.Replicas)
+	return e.JS.UpdateKeyValue(ctx, want)
 }
 
 // IsNotFound reports whether err means a missing stream, consumer or key.
@@ -82,4 +224,44 @@ func IsNotFound(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyNotFound) ||
 		errors.Is(err, jetstream.ErrStreamNotFound) ||
 		errors.Is(err, jetstream.ErrConsumerNotFound)
+}
+
+// storeAttempt bounds one attempt of PublishStored for a message with an id.
+const storeAttempt = 2 * time.Second
+
+// PublishStored stores m in its stream and returns the engine's
+// acknowledgement. A message with a message id (the Nats-Msg-Id header) is
+// sent again, with the same id, when an attempt gets no answer within
+// storeAttempt: when the hub's NATS connection has just moved to another
+// server, or a stream is electing a new leader, an answer can be lost for
+// good (the hub's reply subject may not yet be known on the server that
+// answers), and the stream's de-duplication makes the repeat safe: the message
+// is stored once and the answer carries its sequence. A message without an id
+// is sent once, since a repeat could store it twice.
+func (e *Engine) PublishStored(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+	if m.Header.Get(nats.MsgIdHdr) == "" {
+		return e.JS.PublishMsg(ctx, m)
+	}
+	for {
+		actx, cancel := context.WithTimeout(ctx, storeAttempt)
+		ack, err := e.JS.PublishMsg(actx, m)
+		cancel()
+		if err == nil || ctx.Err() != nil || !storeRetryable(err) {
+			return ack, err
+		}
+		e.log.Debug("engine: store attempt failed, sending again with the same message id", "subject", m.Subject, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// storeRetryable: the attempt got no answer (timeout), or no stream leader
+// took it (no responders while one is elected), or the connection was moving.
+func storeRetryable(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
 }
