@@ -701,6 +701,67 @@ func TestReconnectResubscribes(t *testing.T) {
 	mu.Unlock()
 }
 
+func TestResubscribeRetriedWhileUnavailable(t *testing.T) {
+	h := newFakeHub(t)
+	c := dialFake(t, h, Options{ReconnectMin: 5 * time.Millisecond, ReconnectMax: 20 * time.Millisecond})
+	ctx := testCtx(t)
+	var col collector
+	sub, err := c.Subscribe(ctx, "stored.>", col.handle, Durable("d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.set(func(h *fakeHub) { h.subErr["stored.>"] = protocol.CodeUnavailable })
+	h.kill()
+	eventually(t, "refused resubscriptions", func() bool { return len(h.frames(protocol.OpSub)) >= 4 })
+	h.set(func(h *fakeHub) { delete(h.subErr, "stored.>") })
+	eventually(t, "resubscribed", func() bool {
+		_, err := c.Publish(ctx, "stored.x", nil)
+		return err == nil && col.len() > 0
+	})
+	select {
+	case <-sub.Done():
+		t.Fatalf("subscription ended: %v", sub.Err())
+	default:
+	}
+}
+
+func TestResubscribeRefused(t *testing.T) {
+	h := newFakeHub(t)
+	errs := make(chan error, 4)
+	c := dialFake(t, h, Options{ReconnectMin: 5 * time.Millisecond, OnError: func(err error) { errs <- err }})
+	ctx := testCtx(t)
+	sub, err := c.Subscribe(ctx, "gone.x", func(*Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := c.Subscribe(ctx, "kept.x", func(*Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.set(func(h *fakeHub) { h.subErr["gone.x"] = protocol.CodeForbidden })
+	h.kill()
+	select {
+	case <-sub.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("subscription not ended")
+	}
+	var pe *protocol.Error
+	if !errors.As(sub.Err(), &pe) || pe.Code != protocol.CodeForbidden {
+		t.Fatalf("sub.Err = %v", sub.Err())
+	}
+	select {
+	case err := <-errs:
+		if !errors.As(err, &pe) || pe.Code != protocol.CodeForbidden {
+			t.Fatalf("OnError got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("refusal not reported")
+	}
+	if other.Err() != nil {
+		t.Fatalf("other subscription: %v", other.Err())
+	}
+}
+
 func TestPendingPublishDisconnected(t *testing.T) {
 	h := newFakeHub(t)
 	h.set(func(h *fakeHub) { h.hold["slow.x"] = true })
@@ -893,6 +954,22 @@ func TestCloseSaysBye(t *testing.T) {
 	}
 	if _, err := c.Request(testCtx(t), "echo", nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("request after close: %v", err)
+	}
+}
+
+func TestCloseFailsPendingWithErrClosed(t *testing.T) {
+	h := newFakeHub(t)
+	h.set(func(h *fakeHub) { h.hold["slow.x"] = true })
+	c := dialFake(t, h, Options{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Publish(testCtx(t), "slow.x", nil)
+		errc <- err
+	}()
+	eventually(t, "PUB at the hub", func() bool { return len(h.frames(protocol.OpPub)) == 1 })
+	c.Close()
+	if err := <-errc; !errors.Is(err, ErrClosed) || errors.Is(err, ErrDisconnected) {
+		t.Fatalf("err = %v", err)
 	}
 }
 

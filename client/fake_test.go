@@ -20,11 +20,12 @@ type fakeHub struct {
 	wg sync.WaitGroup
 
 	mu       sync.Mutex
-	hb       int             // heartbeat_ms announced
-	refuse   *protocol.Error // refuse every HELLO with this
-	noPong   bool            // ignore PINGs
-	ackErr   bool            // answer confirmed ACKs with ERR not_found
-	hold     map[string]bool // topics whose PUBs get no answer
+	hb       int               // heartbeat_ms announced
+	refuse   *protocol.Error   // refuse every HELLO with this
+	noPong   bool              // ignore PINGs
+	ackErr   bool              // answer confirmed ACKs with ERR not_found
+	subErr   map[string]string // refuse SUBs to these patterns with this code
+	hold     map[string]bool   // topics whose PUBs get no answer
 	sessions map[*fakeSess]bool
 	hellos   []protocol.Hello
 	got      []protocol.Frame // every frame received after HELLO (deep copies)
@@ -51,7 +52,7 @@ func newFakeHub(t testing.TB) *fakeHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &fakeHub{t: t, ln: ln, hb: 10000, hold: map[string]bool{}, sessions: map[*fakeSess]bool{}}
+	h := &fakeHub{t: t, ln: ln, hb: 10000, hold: map[string]bool{}, subErr: map[string]string{}, sessions: map[*fakeSess]bool{}}
 	h.wg.Add(1)
 	go h.accept()
 	t.Cleanup(h.close)
@@ -200,8 +201,14 @@ func (s *fakeSess) handle(f *protocol.Frame) bool {
 	h := s.h
 	switch f.Op {
 	case protocol.OpSub:
+		h.mu.Lock()
+		code := h.subErr[string(f.Topic)]
+		h.mu.Unlock()
 		if string(f.Topic) == "forbidden.x" {
-			s.send(protocol.ErrorFrame(f.ID, protocol.CodeForbidden, "no", false))
+			code = protocol.CodeForbidden
+		}
+		if code != "" {
+			s.send(protocol.ErrorFrame(f.ID, code, "no", false))
 			return true
 		}
 		sub := fakeSub{string(f.Topic), string(f.Group), string(f.Key)}

@@ -89,7 +89,8 @@ func (s *Subscription) Queue() string { return s.group }
 func (s *Subscription) Durable() string { return s.durable }
 
 // Done is closed when the subscription has ended: Unsubscribe, Close of the
-// Conn, or the hub refusing it when the Conn subscribed again after a reconnect.
+// Conn, or the hub refusing it when the Conn subscribed again after a
+// reconnect (a refusal as "unavailable" is retried with backoff instead).
 func (s *Subscription) Done() <-chan struct{} { return s.done }
 
 // Err reports why the subscription ended: nil while active and after
@@ -101,9 +102,10 @@ func (s *Subscription) Err() error {
 }
 
 // Unsubscribe ends the subscription. Its handler is not called again once a
-// running call has returned; deliveries still buffered are dropped (durable
-// ones are given back to the hub with NAK). The hub is told (UNSUB) when
-// this was the last local subscription sharing its subscription id.
+// running call has returned; deliveries still buffered are dropped (for a
+// durable, the hub hands its unacknowledged deliveries to another member
+// when it gets the UNSUB). The hub is told (UNSUB) when this was the last
+// local subscription sharing its subscription id.
 func (s *Subscription) Unsubscribe() error {
 	c := s.c
 	c.mu.Lock()
@@ -132,8 +134,6 @@ func (s *Subscription) run() {
 		case m := <-s.ch:
 			select {
 			case <-s.done:
-				m.giveBack()
-				s.drain()
 				return
 			default:
 			}
@@ -142,18 +142,6 @@ func (s *Subscription) run() {
 				m.autoAck()
 			}
 		case <-s.done:
-			s.drain()
-			return
-		}
-	}
-}
-
-func (s *Subscription) drain() {
-	for {
-		select {
-		case m := <-s.ch:
-			m.giveBack()
-		default:
 			return
 		}
 	}
@@ -168,7 +156,6 @@ func (s *Subscription) push(m *Msg) {
 		}
 		return
 	case <-s.done:
-		m.giveBack()
 		return
 	default:
 	}
@@ -249,13 +236,6 @@ func (m *Msg) settle(ctx context.Context, op protocol.Op) error {
 // autoAck acknowledges without waiting for a confirmation.
 func (m *Msg) autoAck() { m.settleQuiet(protocol.OpAck) }
 
-// giveBack NAKs a durable delivery that will not be handled.
-func (m *Msg) giveBack() {
-	if m.AckRequired {
-		m.settleQuiet(protocol.OpNak)
-	}
-}
-
 func (m *Msg) settleQuiet(op protocol.Op) {
 	if m.t == nil || !m.settled.CompareAndSwap(false, true) {
 		return
@@ -281,6 +261,15 @@ type entry struct {
 	ready   chan struct{}   // closed after the first answer (or removal)
 	isReady bool
 	removed bool
+	retries int         // resubscriptions refused as unavailable in a row
+	retry   *time.Timer // pending resubscription
+}
+
+func (e *entry) stopRetry() {
+	if e.retry != nil {
+		e.retry.Stop()
+		e.retry = nil
+	}
 }
 
 type liveKey struct{ pattern, group string }
@@ -423,6 +412,22 @@ func (c *Conn) subAnswered(t *transport, e *entry, cl *call) {
 		}
 		err := cl.err
 		wasReady := e.isReady
+		var pe *protocol.Error
+		if wasReady && errors.As(err, &pe) && pe.Code == protocol.CodeUnavailable {
+			// The hub's engine is not back yet: try again on this connection.
+			e.retries++
+			d := backoff(e.retries, 1, c.opts.ReconnectMin, c.opts.ReconnectMax, false)
+			c.log.Warn("caps: subscribe again later", "pattern", e.pattern, "durable", e.durable, "in", d, "err", err)
+			e.on = nil
+			e.retry = time.AfterFunc(d, func() {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				if !e.removed && e.on == nil && c.t == t {
+					st.subscribeOn(c, t, e)
+				}
+			})
+			return
+		}
 		st.remove(c, e)
 		for _, s := range e.subs {
 			s.endLocked(err)
@@ -442,6 +447,7 @@ func (c *Conn) subAnswered(t *transport, e *entry, cl *call) {
 		return
 	}
 	e.sid = sid
+	e.retries = 0
 	st.bySid[sid] = append(slices.Clip(st.bySid[sid]), e)
 	e.markReady()
 }
@@ -475,6 +481,7 @@ func (st *subTable) remove(c *Conn, e *entry) {
 		return
 	}
 	e.removed = true
+	e.stopRetry()
 	delete(st.entries, e)
 	if k := (liveKey{e.pattern, e.group}); e.shared && st.shared[k] == e {
 		delete(st.shared, k)
@@ -501,6 +508,7 @@ func (st *subTable) remove(c *Conn, e *entry) {
 func (st *subTable) lost(*transport) {
 	for e := range st.entries {
 		e.on, e.sid = nil, 0
+		e.stopRetry()
 	}
 	clear(st.bySid)
 }
@@ -526,6 +534,7 @@ func (st *subTable) closeAll(c *Conn) {
 		}
 		e.removed = true
 		e.on = nil
+		e.stopRetry()
 		e.markReady()
 	}
 	clear(st.entries)
@@ -577,10 +586,8 @@ func (c *Conn) deliver(t *transport, f *protocol.Frame) {
 	c.mu.Unlock()
 
 	if len(targets) == 0 {
-		if ackReq {
-			// Not ours any more (unsubscribed): let another member have it now.
-			_ = t.enqueue(&protocol.Frame{Op: protocol.OpNak, ID: f.ID, Seq: f.Seq}, false)
-		}
+		// Unsubscribed while it was on its way; a durable delivery is
+		// handed to another member by the hub when it processes the UNSUB.
 		c.log.Debug("caps: MSG for unknown sid", "sid", f.ID, "topic", string(f.Topic))
 		return
 	}

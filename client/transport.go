@@ -148,6 +148,9 @@ func (t *transport) die(err error) {
 		t.conn.Close()
 
 		derr := fmt.Errorf("%w: %w", ErrDisconnected, err)
+		if t.c.ctx.Err() != nil {
+			derr = ErrClosed // Close: the outcome is "closed", not "retry"
+		}
 		t.wmu.Lock()
 		if t.werr == nil {
 			t.werr = derr
@@ -336,6 +339,9 @@ func (t *transport) register(id uint64, cl *call) error {
 }
 
 func (t *transport) disconnectedLocked() error {
+	if t.c.ctx.Err() != nil {
+		return ErrClosed
+	}
 	return fmt.Errorf("%w: %w", ErrDisconnected, t.deadErr)
 }
 
