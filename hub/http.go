@@ -3,6 +3,8 @@ package hub
 import (
 	"encoding/json"
 	"net/http"
+
+	"github.com/caps-hub/caps/web"
 )
 
 // httpHandler serves health, readiness, metrics, the WebSocket endpoint and
@@ -31,6 +33,7 @@ func (h *Hub) httpHandler() http.Handler {
 	})
 	mux.Handle("GET /metrics", h.metrics.Handler())
 	mux.HandleFunc("/ws", h.serveWebSocket)
+	mux.Handle("GET /caps.js", web.CapsJSHandler()) // the browser client for /ws
 	for _, fn := range h.httpExtra {
 		fn(mux)
 	}
