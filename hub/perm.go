@@ -93,25 +93,39 @@ func (p *perms) deniedDelivery(topic []byte) bool {
 
 // Covers reports whether every topic matched by pattern p is also matched by
 // pattern outer.
-func Covers(outer, p []byte) bool {
-	ot := strings.Split(string(outer), ".")
-	pt := strings.Split(string(p), ".")
-	for i, o := range ot {
-		if o == ">" {
-			return i < len(pt)
+func Covers(outer, p []byte) bool { return covers(outer, p) }
+
+// covers walks both patterns token by token without allocating: it runs
+// for every publish (streamFor) and every subscribe (permissions, hooks).
+func covers[T ~string | ~[]byte](outer T, p []byte) bool {
+	oi, pi := 0, 0
+	for {
+		oe := oi
+		for oe < len(outer) && outer[oe] != '.' {
+			oe++
 		}
-		if i >= len(pt) {
-			return false
+		if oe-oi == 1 && outer[oi] == '>' {
+			return pi <= len(p) // p has a token left here
+		}
+		if pi > len(p) {
+			return false // outer has more tokens than p
+		}
+		pe := pi
+		for pe < len(p) && p[pe] != '.' {
+			pe++
 		}
 		switch {
-		case pt[i] == ">":
+		case pe-pi == 1 && p[pi] == '>':
 			return false
-		case o == "*":
-		case o != pt[i]:
+		case oe-oi == 1 && outer[oi] == '*':
+		case string(outer[oi:oe]) != string(p[pi:pe]):
 			return false
 		}
+		oi, pi = oe+1, pe+1
+		if oi > len(outer) {
+			return pi > len(p) // both ended together
+		}
 	}
-	return len(ot) == len(pt)
 }
 
 // RolePolicy maps roles to their default permissions. Applications add their

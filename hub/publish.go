@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,7 +19,7 @@ import (
 func (h *Hub) streamFor(pattern []byte) string {
 	for _, s := range h.streams {
 		for _, t := range s.Topics {
-			if Covers([]byte(t), pattern) {
+			if covers(t, pattern) {
 				return s.Name
 			}
 		}
@@ -40,11 +41,8 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 	if !h.EngineReady() {
 		return 0, Reject(protocol.CodeUnavailable, "the engine is unavailable; nothing was stored, retry later")
 	}
-	m := &nats.Msg{Subject: engine.SubjectPrefix + string(topic), Data: payload}
-	if len(key) > 0 {
-		m.Header = nats.Header{nats.MsgIdHdr: []string{string(key)}}
-	}
 	if h.streamFor(topic) != "" {
+		m := engineMsg(topic, key, payload)
 		ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		defer cancel()
 		start := time.Now()
@@ -60,11 +58,32 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 	if requireStored {
 		return 0, Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q is not stored", topic))
 	}
-	if err := h.eng.NC.PublishMsg(m); err != nil {
+	if err := h.publishLive(topic, key, payload); err != nil {
 		return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("publish %s: %v", topic, err))
 	}
 	h.metrics.observePublish(false, 0)
 	return 0, nil
+}
+
+func engineMsg(topic, key, payload []byte) *nats.Msg {
+	m := &nats.Msg{Subject: engine.SubjectPrefix + string(topic), Data: payload}
+	if len(key) > 0 {
+		m.Header = nats.Header{nats.MsgIdHdr: []string{string(key)}}
+	}
+	return m
+}
+
+// publishLive hands a live message to NATS without allocating: the subject
+// is built in a buffer on the stack and lent to nats.go as a string, which
+// it copies into its outbound buffer before returning. A message id needs a
+// header, and so a nats.Msg.
+func (h *Hub) publishLive(topic, key, payload []byte) error {
+	if len(key) > 0 {
+		return h.eng.NC.PublishMsg(engineMsg(topic, key, payload))
+	}
+	var buf [len(engine.SubjectPrefix) + protocol.MaxTopicLen]byte
+	subj := append(append(buf[:0], engine.SubjectPrefix...), topic...)
+	return h.eng.NC.Publish(unsafe.String(unsafe.SliceData(subj), len(subj)), payload)
 }
 
 // sendHistory replays the last n stored messages matching pattern to s,
