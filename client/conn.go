@@ -546,7 +546,13 @@ func (c *Conn) handle(t *transport, f *protocol.Frame) {
 		perr := protocol.AsError(f)
 		handled := false
 		if f.ID != 0 {
-			if f.Flags&protocol.FlagConfirm != 0 {
+			// An ERR answering ACK/NAK carries the sid in id, like the ERR
+			// answering a request carries its correlation id (see firstID).
+			// Should a hub put the sequence in seq, it is used.
+			if f.Seq != 0 {
+				handled = t.completeAck(ackKey{f.ID, f.Seq}, perr)
+			}
+			if !handled && f.Flags&protocol.FlagConfirm != 0 {
 				handled = t.failAckBySid(f.ID, perr)
 			}
 			handled = handled || t.complete(f.ID, 0, nil, perr) || t.failAckBySid(f.ID, perr)

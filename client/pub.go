@@ -9,15 +9,28 @@ import (
 )
 
 // PubOpt configures a publish.
-type PubOpt func(*protocol.Frame)
+type PubOpt func(*pubOptions)
+
+type pubOptions struct {
+	key   string
+	flags protocol.Flags
+}
 
 // WithMsgID sets the message id (the frame's key). On stored topics the
 // engine de-duplicates by it: publishing again with the same id, for example
 // after ErrDisconnected, stores the message once.
-func WithMsgID(id string) PubOpt { return func(f *protocol.Frame) { f.Key = []byte(id) } }
+func WithMsgID(id string) PubOpt { return func(o *pubOptions) { o.key = id } }
 
 // WithDurable makes the publish fail unless the topic is stored by the engine.
-func WithDurable() PubOpt { return func(f *protocol.Frame) { f.Flags |= protocol.FlagDurable } }
+func WithDurable() PubOpt { return func(o *pubOptions) { o.flags |= protocol.FlagDurable } }
+
+func pubFrame(topic string, payload []byte, opts []PubOpt) protocol.Frame {
+	var o pubOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return protocol.Frame{Op: protocol.OpPub, Flags: o.flags, Topic: []byte(topic), Key: []byte(o.key), Payload: payload}
+}
 
 // Publish sends payload on topic and waits for the hub's answer. seq is the
 // stream sequence the message was stored at (the message is on disk), or 0
@@ -25,10 +38,7 @@ func WithDurable() PubOpt { return func(f *protocol.Frame) { f.Flags |= protocol
 // connection is down Publish waits for it to come back, bounded by ctx; when
 // it drops after the message was sent, the error wraps ErrDisconnected.
 func (c *Conn) Publish(ctx context.Context, topic string, payload []byte, opts ...PubOpt) (uint64, error) {
-	f := protocol.Frame{Op: protocol.OpPub, Topic: []byte(topic), Payload: payload}
-	for _, o := range opts {
-		o(&f)
-	}
+	f := pubFrame(topic, payload, opts)
 	if !protocol.ValidTopic(f.Topic) {
 		return 0, fmt.Errorf("publish %q: %w", topic, badTopic())
 	}
@@ -42,12 +52,10 @@ func (c *Conn) Publish(ctx context.Context, topic string, payload []byte, opts .
 // PublishAsync queues payload for topic and returns without waiting for the
 // hub (fire and forget, id 0). The hub reports a failure with an ERR that
 // reaches Options.OnError. It fails at once with ErrDisconnected while the
-// connection is down.
+// connection is down, and waits only while more than 4 MiB are already
+// queued for the socket (backpressure; so does Publish).
 func (c *Conn) PublishAsync(topic string, payload []byte, opts ...PubOpt) error {
-	f := protocol.Frame{Op: protocol.OpPub, Topic: []byte(topic), Payload: payload}
-	for _, o := range opts {
-		o(&f)
-	}
+	f := pubFrame(topic, payload, opts)
 	if !protocol.ValidTopic(f.Topic) {
 		return fmt.Errorf("publish %q: %w", topic, badTopic())
 	}

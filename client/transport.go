@@ -21,6 +21,7 @@ type call struct {
 	seq     uint64
 	payload []byte
 	err     error
+	ord     uint64 // registration order of an Ack/Nak waiter
 }
 
 func newCall() *call { return &call{done: make(chan struct{})} }
@@ -72,6 +73,7 @@ type transport struct {
 	acks    map[ackKey][]*call
 	flushes []flushWait // Flush calls waiting for the PONG to their PING, in order
 	pongs   uint64      // PONGs received so far
+	ackOrd  uint64      // Ack/Nak waiters registered so far
 	gone    bool        // set by die under pmu: nothing may register any more
 
 	lastRecv atomic.Int64 // unix nanoseconds
@@ -374,6 +376,8 @@ func (t *transport) registerAck(k ackKey, cl *call) error {
 	if t.gone {
 		return t.disconnectedLocked()
 	}
+	t.ackOrd++
+	cl.ord = t.ackOrd
 	t.acks[k] = append(t.acks[k], cl)
 	return nil
 }
@@ -408,13 +412,13 @@ func (t *transport) completeAck(k ackKey, err error) bool {
 }
 
 // failAckBySid fails the oldest Ack/Nak waiting on sid: an ERR answering an
-// ACK carries the sid but no sequence.
+// ACK carries the sid but no sequence, and the hub answers in order.
 func (t *transport) failAckBySid(sid uint64, err error) bool {
 	t.pmu.Lock()
 	var found *call
 	var fk ackKey
 	for k, cls := range t.acks {
-		if k.sid == sid && len(cls) > 0 && (found == nil || k.seq < fk.seq) {
+		if k.sid == sid && len(cls) > 0 && (found == nil || cls[0].ord < found.ord) {
 			found, fk = cls[0], k
 		}
 	}
