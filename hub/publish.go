@@ -88,28 +88,28 @@ func (h *Hub) publishLive(topic, key, payload []byte) error {
 
 // sendHistory replays the last n stored messages matching pattern to s,
 // marked FlagHistory, before its live subscription starts.
-func (h *Hub) sendHistory(ctx context.Context, s *Session, pattern string, n int, sid uint64) error {
+func (h *Hub) sendHistory(ctx context.Context, s *Session, pattern string, n int, sid uint64) (seen map[string]bool, err error) {
 	stream := h.streamFor([]byte(pattern))
 	if stream == "" {
-		return Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q has no history", pattern))
+		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q has no history", pattern))
 	}
 	cons, err := h.eng.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{engine.Subject(pattern)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
+		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
 	}
 	info := cons.CachedInfo()
 	pending := int(info.NumPending)
 	if pending == 0 {
-		return nil
+		return nil, nil
 	}
 	ring := make([]jetstream.Msg, 0, n)
 	for read := 0; read < pending; {
 		batch, err := cons.Fetch(min(pending-read, 256), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			return Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
+			return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
 		}
 		got := 0
 		for m := range batch.Messages() {
@@ -136,9 +136,15 @@ func (h *Hub) sendHistory(ctx context.Context, s *Session, pattern string, n int
 			Topic: []byte(engine.Topic(m.Subject())), Key: []byte(m.Headers().Get(nats.MsgIdHdr)), Payload: m.Data(),
 		}
 		f.ID = sid
-		s.deliver(f.Encode(), &f)
+		if len(f.Key) > 0 {
+			if seen == nil {
+				seen = map[string]bool{}
+			}
+			seen[string(f.Key)] = true
+		}
+		s.deliverNow(f.Encode(), &f)
 	}
-	return nil
+	return seen, nil
 }
 
 // eventName is how a topic appears in EVENT lines and classroom objects.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 
@@ -161,13 +162,14 @@ func (ts *topicSub) handler(h *Hub) nats.MsgHandler {
 		if len(members) == 0 {
 			return
 		}
-		topic := []byte(engine.Topic(m.Subject))
-		var key []byte
+		var key string
 		if m.Header != nil {
-			key = []byte(m.Header.Get(nats.MsgIdHdr))
+			key = m.Header.Get(nats.MsgIdHdr)
 		}
-		f := protocol.Frame{Op: protocol.OpMsg, ID: ts.sid, Topic: topic, Key: key, Payload: m.Data}
-		frame := f.Encode()
+		// One allocation per message whatever the number of members: the
+		// encoded frame, which f and topic point into.
+		frame, f := encodeMsg(ts.sid, 0, 0, engine.Topic(m.Subject), key, m.Data)
+		topic := f.Topic
 		if ts.group != "" {
 			// One member of the group gets it; skip members that are closing.
 			n := uint64(len(members))
@@ -184,20 +186,46 @@ func (ts *topicSub) handler(h *Hub) nats.MsgHandler {
 			}
 			return
 		}
+		delivered := 0
 		for _, s := range members {
 			if len(s.perms.denySub) > 0 && s.perms.deniedDelivery(topic) {
 				continue
 			}
 			if s.deliver(frame, &f) {
-				h.metrics.deliveries.Inc()
+				delivered++
 			}
 		}
+		// One atomic add per message, not one per member.
+		h.metrics.deliveries.Add(float64(delivered))
 	}
+}
+
+// encodeMsg encodes a MSG frame in one allocation and returns it with a
+// Frame whose Topic, Key and Payload alias the encoded bytes (for the
+// permission checks and classroom sessions that need the fields).
+func encodeMsg(sid, seq uint64, flags protocol.Flags, topic, key string, payload []byte) ([]byte, protocol.Frame) {
+	// Read-only views of the strings: Append only copies from them.
+	f := protocol.Frame{Op: protocol.OpMsg, Flags: flags, ID: sid, Seq: seq,
+		Topic: unsafe.Slice(unsafe.StringData(topic), len(topic)),
+		Key:   unsafe.Slice(unsafe.StringData(key), len(key)), Payload: payload}
+	frame := f.Encode()
+	if _, err := protocol.Decode(frame, len(frame), &f); err != nil {
+		panic("hub: MSG frame does not decode: " + err.Error()) // a bug in protocol, not bad input
+	}
+	return frame, f
 }
 
 // deliver queues a MSG for this session: the shared encoding for native
 // sessions, a classroom object for legacy ones.
 func (s *Session) deliver(frame []byte, f *protocol.Frame) bool {
+	if s.hist.hold(frame, f) {
+		return true
+	}
+	return s.deliverNow(frame, f)
+}
+
+// deliverNow queues a MSG without looking at history holds.
+func (s *Session) deliverNow(frame []byte, f *protocol.Frame) bool {
 	if s.legacy != nil {
 		return s.legacy.sendFrame(s, f)
 	}
@@ -280,12 +308,16 @@ func (s *Session) handleSub(f *protocol.Frame) {
 	s.subMu.Unlock()
 	s.sendFrame(&protocol.Frame{Op: protocol.OpOK, ID: f.ID, Seq: ts.sid})
 	// History (after the OK, so it carries the sid) and then live: a newcomer
-	// sees the conversation in order.
+	// sees the conversation in order, with no gap between the two.
 	if opts.History > 0 {
-		if err := h.sendHistory(ctx, s, pattern, opts.History, ts.sid); err != nil {
+		err := h.subscribeWithHistory(s, ts, opts.History, func() (map[string]bool, error) {
+			return h.sendHistory(ctx, s, pattern, opts.History, ts.sid)
+		})
+		if err != nil {
 			code, text := errCode(err, protocol.CodeInternal)
 			s.sendErr(0, code, text)
 		}
+		return
 	}
 	h.router.join(ts, s)
 }

@@ -36,6 +36,8 @@ type Session struct {
 	// legacy is non-nil for classroom-dialect sessions: it turns deliveries
 	// into bare JSON objects.
 	legacy *legacyCodec
+	// hist holds live deliveries back while a subscription's history is sent.
+	hist historyHold
 
 	lastRecv atomic.Int64 // unix nanos
 	lastSent atomic.Int64
@@ -52,6 +54,11 @@ type Session struct {
 	wake     chan struct{}
 	done     chan struct{}
 	closeErr error
+
+	// Write loop only: the writev vector and, for TLS and WebSocket, the
+	// buffer a batch is copied into, kept from one batch to the next.
+	iov, iovBuf net.Buffers
+	wbuf        []byte
 
 	// Subscriptions, touched only by the read loop and cleanup.
 	subMu sync.Mutex
@@ -266,9 +273,14 @@ func (s *Session) writeNow(b []byte) {
 // readLoop decodes frames until the connection ends. Returning ends the session.
 func (s *Session) readLoop(rd *protocol.Reader) error {
 	h := s.hub
+	// Counters and the liveness clock are updated once per read from the
+	// socket (when the reader has nothing more buffered), not once per frame.
+	var frames, nbytes int
 	for {
 		f, err := rd.Next()
 		if err != nil {
+			h.metrics.framesIn.Add(float64(frames))
+			h.metrics.bytesIn.Add(float64(nbytes))
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return err
 			}
@@ -283,9 +295,14 @@ func (s *Session) readLoop(rd *protocol.Reader) error {
 			s.fail(0, code, err.Error())
 			return err
 		}
-		s.lastRecv.Store(time.Now().UnixNano())
-		h.metrics.framesIn.Inc()
-		h.metrics.bytesIn.Add(float64(protocol.HeaderLen + 7 + len(f.Topic) + len(f.Key) + len(f.Group) + len(f.Payload)))
+		frames++
+		nbytes += protocol.HeaderLen + 7 + len(f.Topic) + len(f.Key) + len(f.Group) + len(f.Payload)
+		if rd.Buffered() == 0 || frames >= 256 {
+			s.lastRecv.Store(time.Now().UnixNano())
+			h.metrics.framesIn.Add(float64(frames))
+			h.metrics.bytesIn.Add(float64(nbytes))
+			frames, nbytes = 0, 0
+		}
 		if err := s.handle(f); err != nil {
 			return err
 		}
@@ -562,19 +579,28 @@ func (s *Session) writeBatch(batch [][]byte) error {
 		return nil
 	}
 	if _, ok := s.conn.(*net.TCPConn); ok {
-		bufs := net.Buffers(batch)
-		_, err := bufs.WriteTo(s.conn) // writev: one system call for the batch
+		// writev: one system call for the batch. WriteTo consumes s.iov, so
+		// the vector's storage is kept apart in s.iovBuf for the next batch.
+		s.iov = append(s.iovBuf[:0], batch...)
+		s.iovBuf = s.iov[:0]
+		_, err := s.iov.WriteTo(s.conn)
+		clear(s.iovBuf[:len(batch)]) // do not keep the frames alive
 		return err
 	}
 	if len(batch) == 1 {
 		_, err := s.conn.Write(batch[0])
 		return err
 	}
-	buf := make([]byte, 0, n)
+	buf := s.wbuf[:0]
 	for _, b := range batch {
 		buf = append(buf, b...)
 	}
 	_, err := s.conn.Write(buf)
+	if cap(buf) <= 64<<10 {
+		s.wbuf = buf[:0] // reuse; a burst's big buffer is let go
+	} else {
+		s.wbuf = nil
+	}
 	return err
 }
 
