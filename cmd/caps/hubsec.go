@@ -22,8 +22,8 @@ type hubSecurity struct {
 
 func (s *hubSecurity) addFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&s.authFile, "auth", "", "token file (YAML) clients must authenticate against; reloaded on SIGHUP (see `caps token new`)")
-	f.StringVar(&s.tlsCert, "tls-cert", "", "serve TCP and HTTP over TLS with this certificate (PEM; see `caps cert`)")
+	f.StringVar(&s.authFile, "auth", "", "token file (YAML) clients must authenticate against; reloaded on SIGHUP (see: caps token new)")
+	f.StringVar(&s.tlsCert, "tls-cert", "", "serve TCP and HTTP over TLS with this certificate (PEM; see: caps cert)")
 	f.StringVar(&s.tlsKey, "tls-key", "", "private key (PEM) of --tls-cert")
 }
 
