@@ -127,8 +127,8 @@ func BenchmarkFanout(b *testing.B) {
 				go func() {
 					defer wg.Done()
 					live := false
+					s.c.SetReadDeadline(time.Now().Add(5 * time.Minute))
 					for k := 0; k < b.N; {
-						s.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 						f, err := s.rd.Next()
 						if err != nil {
 							return
