@@ -53,9 +53,41 @@ func (f *fleet) driver(ctx context.Context, cfg parcel.DriverConfig) <-chan erro
 	base := f.th.client()
 	base.Options = cfg.Options
 	base.OnReady = cfg.OnReady
+	if cfg.Log != nil {
+		base.Log = cfg.Log
+	}
 	cfg.ClientConfig = base
 	cfg.Out = out
 	return goRun(&f.r, func() error { return parcel.RunDriver(ctx, cfg) })
+}
+
+// waitVendor waits for a vendor to finish, and on failure tells what every
+// order's state is.
+func (f *fleet) waitVendor(ch <-chan error, timeout time.Duration, what string) {
+	f.t.Helper()
+	select {
+	case err := <-ch:
+		if err == nil {
+			return
+		}
+		f.t.Errorf("%s: %v", what, err)
+	case <-time.After(timeout):
+		f.t.Errorf("%s did not finish in %s", what, timeout)
+	}
+	a, err := f.th.d.Audit(context.Background(), f.postedIDs())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, id := range f.postedIDs() {
+		var steps []string
+		if o := a.Orders[id]; o != nil {
+			for _, st := range o.Timeline {
+				steps = append(steps, fmt.Sprintf("%s/%s@%s", st.Status, st.By, st.Time.Format("15:04:05.000")))
+			}
+		}
+		f.t.Logf("order %s (%s): events %v, timeline %s", id, f.posted[id], a.Events[id], strings.Join(steps, " "))
+	}
+	f.t.FailNow()
 }
 
 func (f *fleet) postedIDs() []string {

@@ -163,8 +163,10 @@ func (v *vendor) postOne(ctx context.Context) error {
 }
 
 // onDelivered prints the thank-you once per order, then acknowledges. An
-// order counts as confirmed once the acknowledgement is stored, so a
-// vendor that exits having confirmed everything is not told again.
+// acknowledgement whose answer is lost (the connection dropped) may or may
+// not have been stored: if not, the notification comes again and is
+// acknowledged without a second thank-you. Either way the order counts as
+// confirmed once the vendor has printed it and tried to acknowledge it.
 func (v *vendor) onDelivered(m *client.Msg) {
 	var ev Event
 	if err := json.Unmarshal(m.Payload, &ev); err != nil || ev.OrderID == "" {
@@ -184,13 +186,8 @@ func (v *vendor) onDelivered(m *client.Msg) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.Timeout)
 	defer cancel()
-	if err := m.Ack(ctx); err != nil {
-		// It comes back (after a reconnect, or the ack wait) and is
-		// acknowledged then, without a second thank-you.
-		if !errors.Is(err, client.ErrClosed) {
-			v.cfg.Log.Debug("ack of delivery notification failed; it will come again", "order", id, "err", err)
-		}
-		return
+	if err := m.Ack(ctx); err != nil && !errors.Is(err, client.ErrClosed) {
+		v.cfg.Log.Debug("ack of delivery notification not confirmed; if it comes again it is not printed again", "order", id, "err", err)
 	}
 	v.mu.Lock()
 	if v.mine[id] {

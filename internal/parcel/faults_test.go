@@ -1,0 +1,235 @@
+package parcel_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caps-hub/caps/client"
+	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/parcel"
+)
+
+// timeline renders an order's steps as "status/by …".
+func timeline(t *testing.T, th *testHub, id string) string {
+	t.Helper()
+	o, _, err := th.d.Order(context.Background(), id)
+	if err != nil {
+		t.Fatalf("order %s: %v", id, err)
+	}
+	var steps []string
+	for _, st := range o.Timeline {
+		steps = append(steps, string(st.Status)+"/"+st.By)
+	}
+	return strings.Join(steps, " ")
+}
+
+func statusIs(th *testHub, id string, s parcel.Status, driver string) func() bool {
+	return func() bool {
+		o, _, err := th.d.Order(context.Background(), id)
+		return err == nil && o.Status == s && (driver == "" || o.Driver == driver)
+	}
+}
+
+// onlyOrder waits for the fleet's single posted order.
+func onlyOrder(t *testing.T, f *fleet) string {
+	t.Helper()
+	eventually(t, 10*time.Second, "the order to be posted", func() bool { return len(f.postedIDs()) == 1 })
+	return f.postedIDs()[0]
+}
+
+// killable dials through a net.Conn the test can cut without a goodbye, as
+// when a driver's process dies or its machine drops off the network.
+type killable struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (k *killable) dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		k.mu.Lock()
+		k.conns = append(k.conns, c)
+		k.mu.Unlock()
+	}
+	return c, err
+}
+
+func (k *killable) kill() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, c := range k.conns {
+		c.Close()
+	}
+}
+
+func TestDriverKilledMidOrderHandsItToAnother(t *testing.T) {
+	th := startHub(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFleet(t, th)
+
+	// Alice takes the order, then dies before she reports in-transit.
+	var k killable
+	aliceCtx, killAlice := context.WithCancel(ctx)
+	defer killAlice()
+	ready := make(chan struct{})
+	alice := f.driver(aliceCtx, parcel.DriverConfig{
+		Name: "alice", PickupDelay: time.Hour, Capacity: 1,
+		ClientConfig: parcel.ClientConfig{
+			Options: client.Options{Dialer: k.dial, NoReconnect: true},
+			OnReady: func() { close(ready) },
+		},
+	})
+	<-ready
+	vendor := f.vendor(ctx, "acme", 1, time.Millisecond)
+	id := onlyOrder(t, f)
+	eventually(t, 10*time.Second, "alice to hold the order", statusIs(th, id, parcel.StatusAssigned, "alice"))
+	k.kill()
+	killAlice()
+	wait(t, alice, 10*time.Second, "alice")
+
+	// Bob joins and finishes it.
+	bob := f.driver(ctx, parcel.DriverConfig{Name: "bob", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
+	wait(t, vendor, 20*time.Second, "vendor")
+	cancel()
+	wait(t, bob, 10*time.Second, "bob")
+	f.checkExactlyOnce(context.Background())
+	if got, want := timeline(t, th, id), "pickup/acme assigned/alice assigned/bob in-transit/bob delivered/bob"; got != want {
+		t.Errorf("timeline %q, want %q", got, want)
+	}
+	if n := len(f.drivers["alice"].Lines()); n != 0 {
+		t.Errorf("alice printed %d lines after taking the order and dying", n)
+	}
+}
+
+func TestPickupNotAcknowledgedInTimeGoesToAnotherDriver(t *testing.T) {
+	th := startHub(t, func(c *hub.Config) { c.AckWait = 300 * time.Millisecond })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFleet(t, th)
+
+	// Alice is alive but slower than the ack wait.
+	aliceLog := &capture{}
+	ready := make(chan struct{})
+	alice := f.driver(ctx, parcel.DriverConfig{
+		Name: "alice", PickupDelay: time.Second, DeliverDelay: time.Millisecond, Capacity: 1,
+		ClientConfig: parcel.ClientConfig{
+			OnReady: func() { close(ready) },
+			Log:     slog.New(slog.NewTextHandler(aliceLog, nil)),
+		},
+	})
+	<-ready
+	vendor := f.vendor(ctx, "acme", 1, time.Millisecond)
+	id := onlyOrder(t, f)
+	eventually(t, 10*time.Second, "alice to hold the order", statusIs(th, id, parcel.StatusAssigned, "alice"))
+	bob := f.driver(ctx, parcel.DriverConfig{Name: "bob", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
+	wait(t, vendor, 20*time.Second, "vendor")
+	eventually(t, 10*time.Second, "the order to be delivered by bob", statusIs(th, id, parcel.StatusDelivered, "bob"))
+
+	// Alice wakes up, reports in-transit, is refused and drops the order.
+	eventually(t, 10*time.Second, "alice to try and be refused", func() bool {
+		return aliceLog.count("pickup refused") == 1 && aliceLog.count(parcel.RuleNotHolder) == 1
+	})
+	cancel()
+	wait(t, alice, 10*time.Second, "alice")
+	wait(t, bob, 10*time.Second, "bob")
+	f.checkExactlyOnce(context.Background())
+	if got, want := timeline(t, th, id), "pickup/acme assigned/alice assigned/bob in-transit/bob delivered/bob"; got != want {
+		t.Errorf("timeline %q, want %q", got, want)
+	}
+}
+
+func TestVendorOfflineDuringDeliveryIsToldOnceOnReturn(t *testing.T) {
+	th := startHub(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFleet(t, th)
+
+	// The vendor posts an order and goes away before any driver is there.
+	away, leave := context.WithCancel(ctx)
+	first := f.vendor(away, "acme", 1, time.Millisecond)
+	id := onlyOrder(t, f)
+	leave()
+	wait(t, first, 10*time.Second, "the vendor leaving")
+	if n := f.vendors["acme"].count(id); n != 0 {
+		t.Fatalf("thanked before any driver existed (%d)", n)
+	}
+
+	driver := f.driver(ctx, parcel.DriverConfig{Name: "dave", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
+	eventually(t, 10*time.Second, "the order to be delivered", statusIs(th, id, parcel.StatusDelivered, "dave"))
+
+	// Back again: the notification waited for it, and comes exactly once.
+	back := f.vendor(ctx, "acme", 1, time.Millisecond)
+	secondRun := f.vendors["acme"]
+	eventually(t, 10*time.Second, "the missed thank-you", func() bool { return secondRun.count(thankYou("acme", id)) == 1 })
+	wait(t, back, 20*time.Second, "the returning vendor")
+
+	// Acknowledged: a later run of the vendor is not told again.
+	again := f.vendor(ctx, "acme", 1, time.Millisecond)
+	wait(t, again, 20*time.Second, "the third vendor run")
+	if n := f.vendors["acme"].count(id); n != 0 {
+		t.Errorf("the third run printed the old order %d times", n)
+	}
+	if n := secondRun.count(thankYou("acme", id)); n != 1 {
+		t.Errorf("the second run printed the missed thank-you %d times", n)
+	}
+	cancel()
+	wait(t, driver, 10*time.Second, "driver")
+	a, err := th.d.Audit(context.Background(), f.postedIDs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range f.postedIDs() {
+		if a.Events[id][parcel.EventDelivered] != 1 {
+			t.Errorf("order %s delivered %d times", id, a.Events[id][parcel.EventDelivered])
+		}
+	}
+}
+
+func TestHubRestartMidRunLosesNothing(t *testing.T) {
+	// Deliveries unacknowledged when the engine stops are redelivered after
+	// the ack wait once it is back (a NAK is not kept across an engine
+	// restart): keep it short so the test does not wait 30s for them.
+	th := startHub(t, func(c *hub.Config) { c.AckWait = time.Second })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFleet(t, th)
+
+	var drivers []<-chan error
+	for _, name := range []string{"dave", "erin", "frank"} {
+		drivers = append(drivers, f.driver(ctx, parcel.DriverConfig{
+			Name: name, PickupDelay: 20 * time.Millisecond, DeliverDelay: 40 * time.Millisecond, Capacity: 2,
+		}))
+	}
+	v1 := f.vendor(ctx, "acme", 10, 40*time.Millisecond)
+	v2 := f.vendor(ctx, "rosebud", 10, 40*time.Millisecond)
+	thanked := func() int {
+		n := 0
+		for _, out := range f.vendors {
+			n += out.count("Thank you")
+		}
+		return n
+	}
+	eventually(t, 20*time.Second, "some deliveries", func() bool { return thanked() >= 3 })
+
+	th.stop()
+	t.Logf("hub stopped after %d deliveries, %d orders posted", thanked(), len(f.postedIDs()))
+	th.start()
+
+	f.waitVendor(v1, 30*time.Second, "vendor acme")
+	f.waitVendor(v2, 30*time.Second, "vendor rosebud")
+	cancel()
+	for _, d := range drivers {
+		wait(t, d, 20*time.Second, "driver")
+	}
+	if n := len(f.postedIDs()); n != 20 {
+		t.Fatalf("%d orders posted, want 20", n)
+	}
+	f.checkExactlyOnce(context.Background())
+}
