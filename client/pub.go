@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"github.com/caps-hub/caps/protocol"
 )
@@ -29,8 +30,13 @@ func pubFrame(topic string, payload []byte, opts []PubOpt) protocol.Frame {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return protocol.Frame{Op: protocol.OpPub, Flags: o.flags, Topic: []byte(topic), Key: []byte(o.key), Payload: payload}
+	// Read-only views of the strings, not copies: the frame is only
+	// validated and encoded (copied into the write buffer), never kept.
+	return protocol.Frame{Op: protocol.OpPub, Flags: o.flags, Topic: bytesOf(topic), Key: bytesOf(o.key), Payload: payload}
 }
+
+// bytesOf returns the bytes of s without copying them; they must not be modified.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // Publish sends payload on topic and waits for the hub's answer. seq is the
 // stream sequence the message was stored at (the message is on disk), or 0

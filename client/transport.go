@@ -283,8 +283,10 @@ func (t *transport) writeLoop() {
 			}
 			t.lastSend.Store(time.Now().UnixNano())
 		}
-		if cap(out) > maxBuffered {
-			out = nil // do not keep a huge buffer after a burst
+		if cap(out) > 64<<10 && len(out) < cap(out)/4 {
+			// A burst is over: let its big buffer go. While publishers keep
+			// it full it is kept, instead of growing a new one every write.
+			out = nil
 		}
 		if stopping {
 			return
