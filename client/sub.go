@@ -591,7 +591,7 @@ func (c *Conn) deliver(t *transport, f *protocol.Frame) {
 		c.log.Debug("caps: MSG for unknown sid", "sid", f.ID, "topic", string(f.Topic))
 		return
 	}
-	topic, key := string(f.Topic), string(f.Key)
+	topic, key := t.intern(f.Topic), string(f.Key)
 	for _, s := range targets {
 		m := &Msg{
 			Topic: topic, Key: key, Payload: clone(f.Payload), Seq: f.Seq,

@@ -56,6 +56,10 @@ type transport struct {
 	hb      time.Duration // 0: no heartbeats
 	maxSend int           // largest frame body the hub accepts
 
+	// topics interns the topics of deliveries (read goroutine only), so a
+	// subscriber to a busy topic does not allocate its name for every message.
+	topics map[string]string
+
 	// write side
 	wmu   sync.Mutex
 	wcond *sync.Cond
@@ -292,6 +296,19 @@ func (t *transport) writeLoop() {
 			return
 		}
 	}
+}
+
+// intern returns b as a string, allocating only for a topic not seen lately.
+func (t *transport) intern(b []byte) string {
+	if s, ok := t.topics[string(b)]; ok {
+		return s
+	}
+	if t.topics == nil || len(t.topics) >= 1024 {
+		t.topics = make(map[string]string)
+	}
+	s := string(b)
+	t.topics[s] = s
+	return s
 }
 
 func (t *transport) readLoop() {
