@@ -7,6 +7,7 @@ package hub
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -344,6 +345,9 @@ type eventLog struct {
 	mu    sync.Mutex
 	w     *bufio.Writer
 	quiet bool
+	// Reused by writeEvent (eventline.go), guarded by mu.
+	line    []byte
+	scratch bytes.Buffer
 }
 
 func (e *eventLog) write(line []byte) {
