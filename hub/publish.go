@@ -157,13 +157,6 @@ func (h *Hub) eventName(topic []byte) string {
 	return string(topic)
 }
 
-type eventLine struct {
-	Event   string          `json:"event"`
-	Topic   string          `json:"topic"`
-	Time    string          `json:"time"`
-	Payload json.RawMessage `json:"payload"`
-}
-
 // logEvent prints the classroom hub's EVENT line for a routed event.
 func (h *Hub) logEvent(topic, payload []byte) {
 	if h.events.quiet {
@@ -184,15 +177,6 @@ func (h *Hub) logEvent(topic, payload []byte) {
 		}
 	}
 	h.events.writeEvent(event, topic, time.Now(), payload)
-}
-
-// jsonOrString returns payload itself when it is JSON, else it as a JSON string.
-func jsonOrString(p []byte) json.RawMessage {
-	if len(p) > 0 && json.Valid(p) {
-		return p
-	}
-	b, _ := json.Marshal(string(p))
-	return b
 }
 
 // clientEvent publishes client.connected / client.disconnected.
