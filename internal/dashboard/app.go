@@ -71,8 +71,10 @@ type Options struct {
 	// LatencyWindow is how far back each latency quantile looks (default 10s).
 	LatencyWindow time.Duration
 	// LatencyMetric is the histogram the latency chart shows (default
-	// caps_store_publish_seconds), and LatencyLabel what it measures.
-	LatencyMetric, LatencyLabel string
+	// caps_delivery_latency_seconds: from a durable message being stored to
+	// its delivery, waiting for a free driver included); LatencyLabel names
+	// it on the chart and LatencyHelp says what it measures.
+	LatencyMetric, LatencyLabel, LatencyHelp string
 	// GatherWait bounds how long the people service waits for the hubs
 	// (default 1s), and GatherQuiet how long after the last answer (100ms).
 	GatherWait, GatherQuiet time.Duration
@@ -100,8 +102,9 @@ func (o *Options) defaults() {
 	def(&o.GatherQuiet, 100*time.Millisecond)
 	def(&o.Retry, time.Second)
 	if o.LatencyMetric == "" {
-		o.LatencyMetric = "caps_store_publish_seconds"
-		o.LatencyLabel = "publish → stored on disk"
+		o.LatencyMetric = "caps_delivery_latency_seconds"
+		o.LatencyLabel = "Delivery latency"
+		o.LatencyHelp = "from a durable message (a pickup, a notification) being stored to its delivery to a subscriber, waiting for a free driver included"
 	}
 	if o.LatencyLabel == "" {
 		o.LatencyLabel = o.LatencyMetric
@@ -146,7 +149,7 @@ func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 	host.Handle(ServicePeople, a.peopleService)
 	host.Handle(ServiceTraffic, a.trafficService)
 	if a.opts.Assets != nil {
-		pg, err := newPages(a.opts.Assets)
+		pg, err := newPages(a.opts.Assets, pageConfig{Auth: host.Authenticated()})
 		if err != nil {
 			sub.Unsubscribe()
 			return fmt.Errorf("dashboard: %w", err)
@@ -325,7 +328,7 @@ func (a *App) trafficReply(samples []Sample, totals Totals) TrafficReply {
 		samples = []Sample{}
 	}
 	return TrafficReply{
-		Hub: a.host.HubName(), Latency: a.opts.LatencyLabel,
+		Hub: a.host.HubName(), Latency: a.opts.LatencyLabel, LatencyHelp: a.opts.LatencyHelp,
 		Window: a.opts.LatencyWindow.Milliseconds(), Every: a.opts.SampleEvery.Milliseconds(),
 		Samples: samples, Totals: totals,
 	}

@@ -81,7 +81,9 @@ func (b *browser) watchConsole() {
 			if err != nil {
 				return
 			}
-			if m.IsException() || m.Type == chromedp.ConsoleError {
+			// Failed connections while a hub is down are the browser's
+			// network log, not the page's errors.
+			if (m.IsException() || m.Type == chromedp.ConsoleError) && m.Source != "network" {
 				b.fail(m.String())
 			}
 		}
@@ -156,7 +158,7 @@ func eval[T any](b *browser, expr string) T {
 	return v
 }
 
-// screenshot saves the page as a PNG into $CAPS_DASHBOARD_SHOTS/name, when
+// screenshot saves what the window shows as a PNG into $CAPS_DASHBOARD_SHOTS/name, when
 // that variable names a directory (the README's pictures are made so).
 func (b *browser) screenshot(name string) {
 	b.t.Helper()
@@ -166,7 +168,7 @@ func (b *browser) screenshot(name string) {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, wait)
 	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	if err != nil {
 		b.t.Fatalf("screenshot: %v", err)
 	}

@@ -35,19 +35,31 @@ func TestMain(m *testing.M) {
 const wait = 30 * time.Second
 
 // testHub is a hub on loopback with the parcel dispatcher, chat and the
-// dashboard, serving HTTP (the page and /ws) on a free port.
+// dashboard, serving HTTP (the page and /ws) on a free port. It can be
+// stopped and started again on the same ports and data.
 type testHub struct {
-	t      *testing.T
-	h      *hub.Hub
-	cancel context.CancelFunc
-	done   chan error
+	t        *testing.T
+	h        *hub.Hub
+	mod      func(*hub.Config)
+	dir      string
+	tcp, web string // addresses, kept across restarts
+	cancel   context.CancelFunc
+	done     chan error
 }
 
 func startHub(t *testing.T, mod func(*hub.Config)) *testHub {
 	t.Helper()
+	th := &testHub{t: t, mod: mod, dir: t.TempDir(), tcp: "127.0.0.1:0", web: "127.0.0.1:0"}
+	th.start()
+	t.Cleanup(th.stop)
+	return th
+}
+
+func (th *testHub) start() {
+	th.t.Helper()
 	off := false
 	cfg := hub.Config{
-		Addr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), Quiet: true, Name: "test",
+		Addr: th.tcp, HTTPAddr: th.web, DataDir: th.dir, Quiet: true, Name: "test",
 		SyncAlways: &off, Logger: testLog(), ShutdownTimeout: 5 * time.Second,
 		Apps: []hub.App{
 			parcel.NewDispatcher(parcel.Options{}),
@@ -58,26 +70,31 @@ func startHub(t *testing.T, mod func(*hub.Config)) *testHub {
 			}),
 		},
 	}
-	if mod != nil {
-		mod(&cfg)
+	if th.mod != nil {
+		th.mod(&cfg)
 	}
-	th := &testHub{t: t, h: hub.New(cfg), done: make(chan error, 1)}
+	th.h = hub.New(cfg)
+	th.done = make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	th.cancel = cancel
 	go func() { th.done <- th.h.Run(ctx) }()
 	select {
 	case <-th.h.Ready():
 	case err := <-th.done:
-		t.Fatalf("hub did not start: %v", err)
+		th.t.Fatalf("hub did not start: %v", err)
 	case <-time.After(wait):
-		t.Fatal("hub did not start in time")
+		th.t.Fatal("hub did not start in time")
 	}
-	t.Cleanup(th.stop)
-	return th
+	th.tcp, th.web = th.h.Addr().String(), th.h.HTTPAddr().String()
 }
 
+// stop shuts the hub down gracefully and waits for it.
 func (th *testHub) stop() {
+	if th.cancel == nil {
+		return
+	}
 	th.cancel()
+	th.cancel = nil
 	select {
 	case err := <-th.done:
 		if err != nil {
@@ -88,10 +105,10 @@ func (th *testHub) stop() {
 	}
 }
 
-func (th *testHub) addr() string { return th.h.Addr().String() }
+func (th *testHub) addr() string { return th.tcp }
 
 // url is the dashboard's address.
-func (th *testHub) url() string { return "http://" + th.h.HTTPAddr().String() + "/" }
+func (th *testHub) url() string { return "http://" + th.web + "/" }
 
 func (th *testHub) parcelClient() parcel.ClientConfig {
 	return parcel.ClientConfig{Hub: []string{th.addr()}, Timeout: wait, Log: testLog()}

@@ -16,9 +16,9 @@ import (
 
 // TestPageShowsTheSystemLive opens the dashboard of a hub that vendors and
 // drivers are busy on, and checks each panel: orders appear and move to
-// delivered, the store filter, a timeline, people with drivers' loads,
-// traffic charts, and a chat message going from the page to a line-mode
-// chat client and back.
+// delivered, the filters, a timeline, people with drivers' loads, traffic
+// charts, a chat message going from the page to a line-mode chat client and
+// back; and that the page fits a phone's screen.
 func TestPageShowsTheSystemLive(t *testing.T) {
 	th := startHub(t, nil)
 	f := newFleet(t, th)
@@ -98,28 +98,17 @@ func TestPageShowsTheSystemLive(t *testing.T) {
 	term.waitFor(t, "[lobby] alice: hello from the browser")
 	term.say("hi alice, bob here")
 	b.until("bob's answer in the page", `[...document.querySelectorAll("#chat-log li")].some(li => li.textContent.includes("bob: hi alice, bob here"))`)
-}
 
-// TestPageOnAPhone checks that the page fits a phone's width: no sideways
-// scrolling, the sections one under the other.
-func TestPageOnAPhone(t *testing.T) {
-	th := startHub(t, nil)
-	f := newFleet(t, th)
-	f.vendor("1-206-flowers", 0, 300*time.Millisecond, "")
-	f.vendor("pizza-palace", 0, 300*time.Millisecond, "")
-	f.driver("dana", 500*time.Millisecond, 800*time.Millisecond, "")
-	f.driver("eli", 500*time.Millisecond, 800*time.Millisecond, "")
-
-	b := newBrowser(t, 390, 844)
-	b.do("open the dashboard as a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
+	// On a phone the page fits the width, the sections one under another.
+	phone := b.tab()
+	phone.do("open the dashboard as a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
 		chromedp.Navigate(th.url()))
-	b.until("the page is ready", `document.body.dataset.ready === "true"`)
-	b.until("orders", `document.querySelectorAll("#orders tbody tr").length >= 4`)
-	b.until("traffic", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
-	if w := eval[int](b, `document.documentElement.scrollWidth`); w > 390 {
+	phone.until("orders", `document.querySelectorAll("#orders tbody tr").length >= 4`)
+	phone.until("traffic", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
+	if w := eval[int](phone, `document.documentElement.scrollWidth`); w > 390 {
 		t.Errorf("the page is %dpx wide on a 390px screen", w)
 	}
-	if !eval[bool](b, `document.getElementById("traffic").getBoundingClientRect().top > document.getElementById("parcels").getBoundingClientRect().bottom - 1`) {
+	if !eval[bool](phone, `document.getElementById("traffic").getBoundingClientRect().top > document.getElementById("parcels").getBoundingClientRect().bottom - 1`) {
 		t.Error("on a phone, traffic is not below parcels")
 	}
 }
@@ -174,3 +163,34 @@ func (lc *lineChat) waitFor(t *testing.T, s string) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// TestPageRidesOutAHubRestart restarts the hub under an open page: the
+// page says it is reconnecting, then picks up where it left off, with the
+// orders posted after the restart.
+func TestPageRidesOutAHubRestart(t *testing.T) {
+	th := startHub(t, nil)
+	f := newFleet(t, th)
+	f.vendor("north", 0, 200*time.Millisecond, "")
+	f.driver("dana", 100*time.Millisecond, 100*time.Millisecond, "")
+
+	b := newBrowser(t, 1200, 900)
+	b.do("open the dashboard", chromedp.Navigate(th.url()))
+	b.until("orders delivered", `document.querySelectorAll("#orders tbody tr[data-status=delivered]").length >= 3`)
+	th.stop()
+	b.until("the page notices", `["reconnecting", "connecting"].includes(document.getElementById("conn-state").dataset.state)`)
+	before := eval[[]string](b, `[...document.querySelectorAll("#orders tbody tr")].map(r => r.dataset.id)`)
+	th.start()
+	b.until("connected again", `document.getElementById("conn-state").dataset.state === "connected"`)
+	seen := "new Set(" + jsList(before) + ")"
+	b.until("an order posted after the restart, delivered", `[...document.querySelectorAll("#orders tbody tr[data-status=delivered]")].some(r => !`+seen+`.has(r.dataset.id))`)
+	b.until("traffic from the new run", `document.querySelectorAll("#chart-rate polyline").length >= 1`)
+}
+
+// jsList renders strings as a JavaScript array literal.
+func jsList(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = js(s)
+	}
+	return "[" + strings.Join(q, ",") + "]"
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"mime"
@@ -19,6 +20,15 @@ import (
 // modification time to go by).
 type pages struct {
 	files map[string]page
+	// config is config.json: what the page must know before it connects.
+	config []byte
+}
+
+// pageConfig is what the page learns from config.json before it connects:
+// whether to ask for a token first (rather than try without one, which the
+// hub would count as a failed handshake).
+type pageConfig struct {
+	Auth bool `json:"auth"`
 }
 
 type page struct {
@@ -27,9 +37,13 @@ type page struct {
 	etag  string
 }
 
-func newPages(fsys fs.FS) (*pages, error) {
-	p := &pages{files: map[string]page{}}
-	err := fs.WalkDir(fsys, ".", func(name string, d fs.DirEntry, err error) error {
+func newPages(fsys fs.FS, cfg pageConfig) (*pages, error) {
+	conf, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := &pages{files: map[string]page{}, config: conf}
+	err = fs.WalkDir(fsys, ".", func(name string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -75,6 +89,11 @@ const contentSecurity = "default-src 'none'; script-src 'self'; style-src 'self'
 
 func (p *pages) register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { p.serve(w, r, "index.html") })
+	mux.HandleFunc("GET /dashboard/config.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(p.config)
+	})
 	mux.HandleFunc("GET /dashboard/{file...}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("file")
 		if name == "index.html" || name == "" {

@@ -45,12 +45,13 @@ type Totals struct {
 
 // TrafficReply answers the traffic service.
 type TrafficReply struct {
-	Hub     string   `json:"hub"`
-	Latency string   `json:"latency"`   // what the latency quantiles measure
-	Window  int64    `json:"window_ms"` // over how long each quantile is computed
-	Every   int64    `json:"every_ms"`  // sampling interval
-	Samples []Sample `json:"samples"`
-	Totals  Totals   `json:"totals"`
+	Hub         string   `json:"hub"`
+	Latency     string   `json:"latency"`      // the name of what the latency quantiles measure
+	LatencyHelp string   `json:"latency_help"` // what that is
+	Window      int64    `json:"window_ms"`    // over how long each quantile is computed
+	Every       int64    `json:"every_ms"`     // sampling interval
+	Samples     []Sample `json:"samples"`
+	Totals      Totals   `json:"totals"`
 }
 
 // reading is the raw state of the counters at one instant.

@@ -51,6 +51,12 @@ function askToken(why) {
  * connects as an admin, which the open hub allows to see everything. */
 async function connect() {
   let why = 'This hub runs with authentication. Paste your token (`caps token new` makes one).';
+  // Ask for a token first on a hub that needs one, rather than be refused.
+  const cfg = await fetch('dashboard/config.json').then((r) => r.json()).catch(() => ({}));
+  if (cfg.auth && !token()) {
+    setState('failed', 'needs a token');
+    await askToken(why);
+  }
   for (;;) {
     const t = token();
     try {
@@ -118,14 +124,16 @@ async function main() {
   }
 
   // People and traffic, for those who may watch the hub's own events.
+  let people = null;
+  let traffic = null;
   if (hello.people) {
-    const people = new PeoplePanel($('#people'), { request });
+    people = new PeoplePanel($('#people'), { request });
     people.refresh();
     await hub.subscribe('client.>', () => people.poke()).catch(() => {});
     setInterval(() => people.refresh(), PEOPLE_EVERY);
   }
   if (hello.traffic) {
-    const traffic = new TrafficPanel($('#traffic'), { request });
+    traffic = new TrafficPanel($('#traffic'), { request });
     traffic.refresh();
     setInterval(() => traffic.refresh(), 1000);
   }
@@ -137,8 +145,11 @@ async function main() {
   }).setAuth(!hello.open);
 
   hub.onReconnect(() => {
-    // Another hub (failover) or a restart: start the views over.
+    // Maybe another hub (failover), maybe a restart: the panels catch up
+    // (the orders' cursor tells the hub's index apart and gets a snapshot).
     orders.refresh();
+    people?.refresh();
+    traffic?.refresh();
   });
   document.body.dataset.ready = 'true';
 }

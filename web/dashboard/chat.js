@@ -56,11 +56,13 @@ export class ChatPanel {
         if (!this.auth) localStorage.setItem('caps-chat-name', name);
         this.nameInput.closest('label').hidden = true;
         this.me = this.conn.welcome.name;
+        this.roomInput.placeholder = 'join a room';
+        this.roomInput.required = false;
       }
       if (this.rooms.has(room)) { this.select(room); return; }
       await this.enter(room);
       this.roomInput.value = '';
-      this.joinForm.querySelector('button').textContent = 'Join another';
+      this.root.classList.add('joined');
     } catch (err) {
       this.show(`Could not join ${room}: ${errorText(err)}`);
     }
@@ -76,7 +78,7 @@ export class ChatPanel {
       r.subs.push(await this.conn.subscribe(`chat.presence.${room}`, (m) => this.message(room, m)));
     } catch (err) {
       this.rooms.delete(room);
-      for (const s of r.subs) s.unsubscribe?.();
+      for (const s of r.subs) s.unsubscribe();
       throw err;
     }
     this.tabs.append(tab);
@@ -104,7 +106,7 @@ export class ChatPanel {
       const r = await this.conn.request('chat.who', { room });
       if (room !== this.current) return;
       const names = r.members.map((m) => m.name);
-      setText(this.who, `${names.length} in #${room}: ${names.join(', ')}`);
+      setText(this.who, names.length ? `${names.length} in #${room}: ${names.join(', ')}` : `no chat users in #${room}`);
     } catch {
       setText(this.who, '');
     }
@@ -112,7 +114,7 @@ export class ChatPanel {
 
   message(room, m) {
     let msg;
-    try { msg = JSON.parse(m.text); } catch { return; }
+    try { msg = m.json(); } catch { return; }
     const r = this.rooms.get(room);
     if (!r) return;
     const stick = r.log.scrollTop + r.log.clientHeight >= r.log.scrollHeight - 4;
@@ -153,7 +155,7 @@ export class ChatPanel {
       this.show(`Not sent: ${errorText(err)}`);
     } finally {
       input.disabled = false;
-      input.focus();
+      input.focus({ preventScroll: true });
     }
   }
 

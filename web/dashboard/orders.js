@@ -67,6 +67,7 @@ export class OrdersPanel {
   setScope(scope, store) {
     this.scope = scope;
     this.f.store.closest('label').hidden = scope !== 'all';
+    this.root.querySelector('#orders').classList.toggle('one-store', scope === 'store');
     if (scope === 'none') {
       this.show(`This identity may not see parcels (a vendor sees its own store's, an admin or logger every store's).`);
     } else if (scope === 'store') {
