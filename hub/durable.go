@@ -118,13 +118,13 @@ func (d *durables) ensureConsumer(ctx context.Context, stream, pattern, name str
 		if info.Config.FilterSubject == engine.Subject(pattern) {
 			return c, nil
 		}
-		cfg := info.Config
-		cfg.FilterSubject = engine.Subject(pattern)
-		c, err = js.UpdateConsumer(ctx, stream, cfg)
-		if err != nil {
-			return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("update consumer %s: %v", name, err))
-		}
-		return c, nil
+		// A durable keeps the pattern it was created for. Letting a SUB
+		// re-point it would let any client that may subscribe to some stored
+		// pattern take over another's durable (say a vendor's, by name): the
+		// owner's pending messages would be skipped, and its members on
+		// other hubs handed the newcomer's topics.
+		return nil, Reject(protocol.CodeForbidden, fmt.Sprintf("durable %q is bound to %q; use another durable name for %q",
+			name, engine.Topic(info.Config.FilterSubject), pattern))
 	}
 	if !engine.IsNotFound(err) {
 		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("consumer %s: %v", name, err))
@@ -202,6 +202,14 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 	topic := []byte(engine.Topic(msg.Subject()))
 	payload := msg.Data()
 	h := g.d.h
+	// Never hand a member a message outside the pattern it subscribed to
+	// (the one its permissions were checked against), even if the consumer
+	// was pointed elsewhere behind this hub's back: leave it to whoever
+	// subscribed to it.
+	if !protocol.Match([]byte(g.pattern), topic) {
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
 
 	g.mu.Lock()
 	// A redelivery of something a member still holds: its ack wait ran out,
@@ -229,6 +237,10 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 				return
 			}
 			g.cond.Wait()
+			continue
+		}
+		if len(m.s.perms.denySub) > 0 && m.s.perms.deniedDelivery(topic) {
+			tried[m] = true // its permissions deny this topic, as for live deliveries
 			continue
 		}
 		m.inflight[seq] = msg
