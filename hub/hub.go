@@ -142,13 +142,18 @@ func (h *Hub) Run(ctx context.Context) error {
 	h.engineOK.Store(true)
 	h.watchEngine()
 	defer eng.Close()
+	// The apps' background work (loops started in Setup) lives as long as
+	// this run: also when Run fails after their Setup (a port in use), their
+	// context ends when Run returns, before the engine closes.
+	appCtx, stopApps := context.WithCancel(ctx)
+	defer stopApps()
 
 	host := &Host{h: h}
-	if err := h.setupCore(ctx, host); err != nil {
+	if err := h.setupCore(appCtx, host); err != nil {
 		return err
 	}
 	for _, app := range h.cfg.Apps {
-		if err := app.Setup(ctx, host); err != nil {
+		if err := app.Setup(appCtx, host); err != nil {
 			return fmt.Errorf("app setup: %w", err)
 		}
 	}
