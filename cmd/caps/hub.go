@@ -10,6 +10,7 @@ import (
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/chat"
 	"github.com/caps-hub/caps/internal/dashboard"
+	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/web"
 )
 
@@ -95,6 +96,8 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 // hubApps builds the applications the hub serves (parcel dispatcher, chat).
 func hubApps(_ *cobra.Command, _ *hub.Config) ([]hub.App, error) {
 	var apps []hub.App
+	// Parcels: order state, lifecycle rules, tracking (vendors, drivers).
+	apps = append(apps, parcel.NewDispatcher(parcel.Options{}))
 	// Chat: rooms, presence, history and private messages (role chat).
 	apps = append(apps, chat.NewApp(chat.AppConfig{}))
 	// The web dashboard, at / on the HTTP port.

@@ -32,6 +32,11 @@ func main() {
 		newCertCmd(),
 		newBenchCmd(),
 		newChatCmd(),
+		newVendorCmd(),
+		newDriverCmd(),
+		newLoggerCmd(),
+		newTrackCmd(),
+		newDemoCmd(),
 	)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "caps:", err)

@@ -66,28 +66,29 @@ func trackOn(ctx context.Context, c *client.Conn, id string, timeout time.Durati
 
 // WriteTimeline prints an order and its timeline for people.
 func WriteTimeline(w io.Writer, o *Order) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "order\t%s\n", o.OrderID)
-	fmt.Fprintf(tw, "store\t%s\n", o.Store)
-	fmt.Fprintf(tw, "customer\t%s\n", o.Customer)
-	fmt.Fprintf(tw, "address\t%s\n", o.Address)
 	status := string(o.Status)
 	if o.Driver != "" {
 		status += " (driver " + o.Driver + ")"
 	}
-	fmt.Fprintf(tw, "status\t%s\n", status)
-	fmt.Fprintln(tw, "\t")
-	fmt.Fprintln(tw, "TIME\tSTATUS\tBY\tHUB")
+	head := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, kv := range [][2]string{{"order", o.OrderID}, {"store", o.Store}, {"customer", o.Customer}, {"address", o.Address}, {"status", status}} {
+		fmt.Fprintf(head, "%s\t%s\n", kv[0], kv[1])
+	}
+	if err := head.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	steps := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(steps, "TIME\tSTATUS\tBY\tHUB")
 	var start time.Time
 	for i, st := range o.Timeline {
+		when := st.Time.Local().Format("2006-01-02 15:04:05.000")
 		if i == 0 {
 			start = st.Time
-		}
-		when := st.Time.Local().Format("2006-01-02 15:04:05.000")
-		if i > 0 {
+		} else {
 			when += fmt.Sprintf(" (+%s)", st.Time.Sub(start).Round(time.Millisecond))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", when, st.Status, st.By, st.Hub)
+		fmt.Fprintf(steps, "%s\t%s\t%s\t%s\n", when, st.Status, st.By, st.Hub)
 	}
-	return tw.Flush()
+	return steps.Flush()
 }
