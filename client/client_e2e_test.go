@@ -175,7 +175,7 @@ func TestE2EPubSub(t *testing.T) {
 	if err := pub.PublishAsync("e2e.two", []byte("async")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "2 messages", func() bool { return len(in.all()) == 2 })
+	waitFor(t, 15*time.Second, "2 messages", func() bool { return len(in.all()) == 2 })
 	m := in.all()[0]
 	if m.Topic != "e2e.one" || string(m.Payload) != "hello" || m.Key != "m-1" || m.Seq != 0 || m.AckRequired {
 		t.Fatalf("msg %+v", m)
@@ -240,7 +240,7 @@ func TestE2EWildcards(t *testing.T) {
 	for _, w := range want {
 		wantTotal += len(w)
 	}
-	waitFor(t, 5*time.Second, "deliveries", func() bool { return total() >= wantTotal })
+	waitFor(t, 15*time.Second, "deliveries", func() bool { return total() >= wantTotal })
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -268,14 +268,14 @@ func TestE2ESharedSid(t *testing.T) {
 	if _, err := c.Publish(ctx, "s.x", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "both", func() bool { return len(a.all()) == 1 && len(b.all()) == 1 })
+	waitFor(t, 15*time.Second, "both", func() bool { return len(a.all()) == 1 && len(b.all()) == 1 })
 	if err := sa.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Publish(ctx, "s.x", []byte("2")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "second", func() bool { return len(b.all()) == 2 })
+	waitFor(t, 15*time.Second, "second", func() bool { return len(b.all()) == 2 })
 	if len(a.all()) != 1 {
 		t.Fatalf("unsubscribed handler called again")
 	}
@@ -442,7 +442,7 @@ func TestE2EDurableAcrossDisconnect(t *testing.T) {
 	for i := range 10 {
 		publish(i)
 	}
-	waitFor(t, 10*time.Second, "10 acks", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == 10 })
+	waitFor(t, 20*time.Second, "10 acks", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == 10 })
 	// 10 delivered but not acknowledged.
 	mu.Lock()
 	ackNow = false
@@ -450,7 +450,7 @@ func TestE2EDurableAcrossDisconnect(t *testing.T) {
 	for i := 10; i < 20; i++ {
 		publish(i)
 	}
-	waitFor(t, 10*time.Second, "10 unacked deliveries", func() bool { mu.Lock(); defer mu.Unlock(); return len(pending) == 10 })
+	waitFor(t, 20*time.Second, "10 unacked deliveries", func() bool { mu.Lock(); defer mu.Unlock(); return len(pending) == 10 })
 
 	// Cut the connection; publish more while the worker is away.
 	stMu.Lock()
@@ -548,12 +548,12 @@ func TestE2EDurablePromptRedelivery(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		waitFor(t, 10*time.Second, "10 held", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 10 })
+		waitFor(t, 20*time.Second, "10 held", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 10 })
 		mu.Lock()
 		hold = false
 		mu.Unlock()
 		k.kill()
-		waitFor(t, 10*time.Second, "held deliveries back after the reconnect", func() bool {
+		waitFor(t, 20*time.Second, "held deliveries back after the reconnect", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(done) == 10
@@ -580,7 +580,7 @@ func TestE2EDurableAutoAck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 10*time.Second, "5 deliveries", func() bool { return len(in.all()) == 5 })
+	waitFor(t, 20*time.Second, "5 deliveries", func() bool { return len(in.all()) == 5 })
 	if err := c1.Flush(ctx); err != nil { // the automatic ACKs have been read
 		t.Fatal(err)
 	}
@@ -593,7 +593,7 @@ func TestE2EDurableAutoAck(t *testing.T) {
 	if _, err := pub.Publish(ctx, "store.auto.x", []byte("new")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the new one", func() bool { return len(in2.all()) >= 1 })
+	waitFor(t, 20*time.Second, "the new one", func() bool { return len(in2.all()) >= 1 })
 	if err := c2.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -626,7 +626,7 @@ func TestE2EHistory(t *testing.T) {
 	if _, err := c.Publish(ctx, "store.hist.x", []byte("live")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "history and live", func() bool { return len(withHist.all()) == 4 && len(plain.all()) == 1 })
+	waitFor(t, 20*time.Second, "history and live", func() bool { return len(withHist.all()) == 4 && len(plain.all()) == 1 })
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -719,7 +719,7 @@ func TestE2EHubRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 10*time.Second, "5 held", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 5 })
+	waitFor(t, 20*time.Second, "5 held", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 5 })
 	mu.Lock()
 	if err := held[0].Ack(ctx); err != nil { // one acknowledged before the restart
 		t.Fatal(err)
@@ -730,7 +730,7 @@ func TestE2EHubRestart(t *testing.T) {
 	t0 := time.Now()
 	th.stop()
 	t.Logf("hub stopped in %v", time.Since(t0))
-	waitFor(t, 10*time.Second, "reconnecting", func() bool { return c.State() == client.StateReconnecting })
+	waitFor(t, 20*time.Second, "reconnecting", func() bool { return c.State() == client.StateReconnecting })
 	// A publish while the hub is down waits for it.
 	pubDone := make(chan error, 1)
 	go func() {
@@ -760,7 +760,7 @@ func TestE2EHubRestart(t *testing.T) {
 	if _, err := c.Publish(ctx, "live.x", []byte("after")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "live subscription restored", func() bool { return len(live.all()) == 1 })
+	waitFor(t, 20*time.Second, "live subscription restored", func() bool { return len(live.all()) == 1 })
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -799,5 +799,5 @@ func TestE2EFailover(t *testing.T) {
 	if _, err := c.Publish(ctx, "f.x", []byte("on b")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "delivery on b", func() bool { return len(in.all()) == 1 })
+	waitFor(t, 20*time.Second, "delivery on b", func() bool { return len(in.all()) == 1 })
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
@@ -202,7 +203,7 @@ func TestDialFatalHandshake(t *testing.T) {
 			if !errors.As(err, &pe) || pe.Code != code || !pe.Fatal {
 				t.Fatalf("err = %v", err)
 			}
-			if h.connCount() != 1 || time.Since(start) > 2*time.Second {
+			if h.connCount() != 1 || time.Since(start) > 5*time.Second {
 				t.Fatalf("retried: %d connections in %v", h.connCount(), time.Since(start))
 			}
 		})
@@ -212,7 +213,7 @@ func TestDialFatalHandshake(t *testing.T) {
 func TestDialRetriesTransient(t *testing.T) {
 	h := newFakeHub(t)
 	h.set(func(h *fakeHub) { h.refuse = &protocol.Error{Code: protocol.CodeTooManyConns, Text: "full"} })
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err := Dial(ctx, []string{h.addr()}, Options{Name: "x", ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond})
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -848,18 +849,20 @@ func TestHeartbeatDeadHub(t *testing.T) {
 
 func TestHeartbeatLiveHub(t *testing.T) {
 	h := newFakeHub(t)
-	h.set(func(h *fakeHub) { h.hb = 100 })
-	dialFake(t, h, Options{ReconnectMin: 5 * time.Millisecond})
-	// A hub that answers keeps the connection (ten intervals without traffic).
-	deadline := time.Now().Add(time.Second)
+	// Generous interval: the property is timing-based, and test machines
+	// can stall goroutines for hundreds of milliseconds under load.
+	h.set(func(h *fakeHub) { h.hb = 400 })
+	dialFake(t, h, Options{ReconnectMin: 5 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(tWriter{t}, nil))})
+	// A hub that answers keeps the connection (several intervals without traffic).
+	deadline := time.Now().Add(2400 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		if h.connCount() != 1 {
 			t.Fatalf("reconnected although the hub answers pings")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := len(h.frames(protocol.OpPing)); n < 5 || n > 20 {
-		t.Fatalf("%d pings in 10 intervals", n)
+	if n := len(h.frames(protocol.OpPing)); n < 3 || n > 12 {
+		t.Fatalf("%d pings in 6 intervals", n)
 	}
 	// The client answers the hub's PINGs with the PING's id.
 	h.sendAll(&protocol.Frame{Op: protocol.OpPing, ID: 77})
@@ -1105,3 +1108,7 @@ func TestConcurrentPublish(t *testing.T) {
 	wg.Wait()
 	eventually(t, "all deliveries", func() bool { return got.Load() == 1600 })
 }
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }

@@ -306,10 +306,10 @@ func (s *fakeSess) handle(f *protocol.Frame) bool {
 	return true
 }
 
-// eventually waits up to 5 s for cond.
+// eventually waits up to 10 s for cond (test machines may be loaded).
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
