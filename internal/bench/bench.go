@@ -158,10 +158,11 @@ type Result struct {
 	// conns
 	Conns           int     `json:"conns,omitempty"`
 	ConnectSeconds  float64 `json:"connect_s,omitempty"`
-	HeapPerConnB    float64 `json:"heap_per_conn_bytes,omitempty"` // Go heap + stacks in use, delta / conns
-	RSSPerConnB     float64 `json:"rss_per_conn_bytes,omitempty"`  // resident set delta / conns
-	MemoryNote      string  `json:"memory_note,omitempty"`         // how memory was measured
-	HubGoroutinesPC float64 `json:"goroutines_per_conn,omitempty"` // goroutines delta / conns
+	HeapPerConnB    float64 `json:"heap_per_conn_bytes,omitempty"`  // Go heap + stacks in use, delta / conns
+	StackPerConnB   float64 `json:"stack_per_conn_bytes,omitempty"` // of which goroutine stacks
+	RSSPerConnB     float64 `json:"rss_per_conn_bytes,omitempty"`   // resident set delta / conns
+	MemoryNote      string  `json:"memory_note,omitempty"`          // how memory was measured
+	HubGoroutinesPC float64 `json:"goroutines_per_conn,omitempty"`  // goroutines delta / conns
 
 	// Filled in on the CAPS row when a NATS target ran in the same run.
 	NATSRate  float64 `json:"nats_rate,omitempty"`

@@ -82,11 +82,16 @@ func (e *env) conns(ctx context.Context, tg *target) (res Result, err error) {
 	if gcURL == "" && metricsURL != "" && !tg.embedded {
 		gcURL = strings.TrimSuffix(metricsURL, "/metrics") + "/debug/pprof/heap?gc=1"
 	}
+	// Three collections: each one frees garbage and halves the goroutine
+	// stacks that use less than a quarter of theirs (the handshake grew
+	// them), as an idle hub's periodic collections do over a few minutes.
 	collect := func() {
-		if gcURL != "" {
-			httpGet(ctx, gcURL)
-		} else {
-			runtime.GC()
+		for i := 0; i < 3; i++ {
+			if gcURL != "" {
+				httpGet(ctx, gcURL)
+			} else {
+				runtime.GC()
+			}
 		}
 	}
 
@@ -113,14 +118,17 @@ func (e *env) conns(ctx context.Context, tg *target) (res Result, err error) {
 	// Keep them alive (a ping per heartbeat) while the hub settles.
 	stopPing := keepAlive(held, hb)
 	defer stopPing()
-	settle := min(max(time.Second, time.Duration(o.Conns)*100*time.Microsecond), 5*time.Second)
-	select {
-	case <-time.After(settle):
-	case <-ctx.Done():
-		return res, ctx.Err()
+	// The hub answers WELCOME before it has finished with a session (its
+	// client.connected event is stored first): wait until its goroutine
+	// count stops moving before reading its memory.
+	if err := settle(ctx, metricsURL); err != nil {
+		return res, err
 	}
 	collect()
 	after, merr2 := scrape(ctx, metricsURL)
+	if o.MemProfile != "" && gcURL != "" && strings.HasSuffix(gcURL, "/debug/gc") {
+		saveURL(ctx, strings.TrimSuffix(gcURL, "/debug/gc")+"/debug/pprof/heap", o.MemProfile+".hub")
+	}
 	if merr != nil || merr2 != nil {
 		res.MemoryNote = fmt.Sprintf("no metrics from %s: %v", metricsURL, errors.Join(merr, merr2))
 		return res, nil
@@ -129,9 +137,41 @@ func (e *env) conns(ctx context.Context, tg *target) (res Result, err error) {
 	heap := (after["go_memstats_heap_inuse_bytes"] + after["go_memstats_stack_inuse_bytes"]) -
 		(before["go_memstats_heap_inuse_bytes"] + before["go_memstats_stack_inuse_bytes"])
 	res.HeapPerConnB = heap / n
+	res.StackPerConnB = (after["go_memstats_stack_inuse_bytes"] - before["go_memstats_stack_inuse_bytes"]) / n
 	res.RSSPerConnB = (after["process_resident_memory_bytes"] - before["process_resident_memory_bytes"]) / n
 	res.HubGoroutinesPC = (after["go_goroutines"] - before["go_goroutines"]) / n
 	return res, nil
+}
+
+// settle waits (at most a minute) until the hub's goroutine count has
+// stayed the same for half a second.
+func settle(ctx context.Context, metricsURL string) error {
+	deadline := time.Now().Add(time.Minute)
+	last, stable := -1.0, 0
+	for stable < 5 && time.Now().Before(deadline) {
+		m, err := scrape(ctx, metricsURL)
+		if err != nil {
+			return nil // no metrics: nothing to wait for
+		}
+		if g := m["go_goroutines"]; g == last {
+			stable++
+		} else {
+			last, stable = g, 0
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// saveURL writes what url serves to path (a profile), logging nothing on failure.
+func saveURL(ctx context.Context, url, path string) {
+	if body, err := httpGet(ctx, url); err == nil {
+		_ = os.WriteFile(path, []byte(body), 0o644)
+	}
 }
 
 // openConns dials n connections with a bounded number in flight and

@@ -67,8 +67,8 @@ func WriteTable(w io.Writer, rows []Result) error {
 			fmt.Fprintf(w, "  %s on %s: %d lost\n", r.Scenario, r.Target, r.Lost)
 		}
 		if r.Conns > 0 {
-			fmt.Fprintf(w, "  conns on %s: %d connections in %.2fs; hub memory per connection: %s heap+stack, %s resident; %.1f goroutines each",
-				r.Target, r.Count, r.ConnectSeconds, bytesStr(r.HeapPerConnB), bytesStr(r.RSSPerConnB), r.HubGoroutinesPC)
+			fmt.Fprintf(w, "  conns on %s: %d connections in %.2fs; hub memory per connection: %s heap+stack (%s of it stacks), %s resident; %.1f goroutines each",
+				r.Target, r.Count, r.ConnectSeconds, bytesStr(r.HeapPerConnB), bytesStr(r.StackPerConnB), bytesStr(r.RSSPerConnB), r.HubGoroutinesPC)
 			if r.MemoryNote != "" {
 				fmt.Fprintf(w, " (%s)", r.MemoryNote)
 			}
