@@ -16,15 +16,26 @@ type Reader struct {
 	end      int // one past the last buffered byte
 	maxFrame int
 	frame    Frame
+	grow     bool // the last read filled the buffer: double it when it empties
 }
+
+// growReadMax bounds how far the buffer grows to read more frames per
+// system call; a single larger frame still gets a buffer its size.
+const growReadMax = 64 << 10
 
 // NewReader returns a Reader that refuses frames longer than maxFrame bytes
 // (DefaultMaxFrame when maxFrame ≤ 0).
-func NewReader(r io.Reader, maxFrame int) *Reader {
+func NewReader(r io.Reader, maxFrame int) *Reader { return NewReaderSize(r, maxFrame, 4096) }
+
+// NewReaderSize is NewReader with a first buffer of size bytes (at least
+// 64). The buffer grows when a frame does not fit, and when reads keep
+// filling it (up to 64 KiB), so a server can start its many mostly idle
+// connections small and still read a busy one in big gulps.
+func NewReaderSize(r io.Reader, maxFrame, size int) *Reader {
 	if maxFrame <= 0 {
 		maxFrame = DefaultMaxFrame
 	}
-	return &Reader{r: r, buf: make([]byte, 4096), maxFrame: maxFrame}
+	return &Reader{r: r, buf: make([]byte, max(size, 64)), maxFrame: maxFrame}
 }
 
 // Buffered reports how many bytes are read from the stream but not yet decoded.
@@ -68,6 +79,15 @@ func (d *Reader) fill(need int) error {
 	if d.end-d.start >= need {
 		return nil
 	}
+	if d.start == d.end {
+		// Nothing buffered: start again at the front, which costs no copy
+		// and gives the read the whole buffer.
+		d.start, d.end = 0, 0
+		if d.grow && len(d.buf) < growReadMax {
+			d.buf = make([]byte, 2*len(d.buf))
+		}
+		d.grow = false
+	}
 	if d.start+need > len(d.buf) {
 		// Move the partial frame to the front, growing the buffer if it cannot fit.
 		if need > len(d.buf) {
@@ -85,7 +105,11 @@ func (d *Reader) fill(need int) error {
 		d.start = 0
 	}
 	for d.end-d.start < need {
+		free := len(d.buf) - d.end
 		m, err := d.r.Read(d.buf[d.end:])
+		if m == free && free >= len(d.buf)/2 {
+			d.grow = true // more was probably waiting
+		}
 		d.end += m
 		if err != nil {
 			if d.end-d.start >= need {
