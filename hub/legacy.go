@@ -104,7 +104,7 @@ const (
 	// written back to back can reach them in one read when they are slow to
 	// read, and break JSON.parse. The gap makes that unlikely; nothing can
 	// make it impossible, the dialect has no framing.
-	legacyWriteGap = 50 * time.Millisecond
+	legacyWriteGap = 100 * time.Millisecond
 )
 
 // ackRef is a durable delivery awaiting an acknowledgement.
