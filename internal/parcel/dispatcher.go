@@ -51,9 +51,10 @@ type Options struct {
 // and driver always give their publishes such ids ("<orderID>.<event>").
 // Anything else that repeats a transition is refused.
 type Dispatcher struct {
-	opts Options
-	host *hub.Host
-	kv   jetstream.KeyValue
+	opts    Options
+	host    *hub.Host
+	kv      jetstream.KeyValue
+	metrics *orderMetrics // internal/parcel/metrics.go
 }
 
 // NewDispatcher returns the parcel application, to be put in hub.Config.Apps.
@@ -79,6 +80,9 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 		return fmt.Errorf("orders bucket: %w", err)
 	}
 	d.kv = kv
+	if d.metrics, err = newOrderMetrics(h.Metrics()); err != nil {
+		return fmt.Errorf("order metrics: %w", err)
+	}
 
 	// EVENT lines and classroom objects say "pickup", not "parcel.pickup.acme".
 	h.NameEvents(topicRoot+".>", func(topic string) string {
@@ -142,13 +146,15 @@ func (d *Dispatcher) pickup(ctx context.Context, s hub.SessionInfo, p Parcel, ke
 		o, _, err := d.get(ctx, p.OrderID)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			b, _ := json.Marshal(newOrder(p, s.Name, d.host.HubName(), key, time.Now()))
+			o := newOrder(p, s.Name, d.host.HubName(), key, time.Now())
+			b, _ := json.Marshal(o)
 			if _, err := d.kv.Create(ctx, p.OrderID, b); err != nil {
 				if errors.Is(err, jetstream.ErrKeyExists) {
 					continue // created meanwhile: judge it against that one
 				}
 				return unavailable(err)
 			}
+			d.metrics.record(o)
 			return nil
 		case err != nil:
 			return unavailable(err)
@@ -293,8 +299,11 @@ func (d *Dispatcher) put(ctx context.Context, o *Order, rev uint64) error {
 	if err != nil {
 		return err
 	}
-	_, err = d.kv.Update(ctx, o.OrderID, b, rev)
-	return err
+	if _, err = d.kv.Update(ctx, o.OrderID, b, rev); err != nil {
+		return err
+	}
+	d.metrics.record(o)
+	return nil
 }
 
 var errContention = errors.New("the order kept changing under us")
