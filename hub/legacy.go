@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -339,7 +340,7 @@ func (h *Hub) serveLegacy(s *Session, br *bufio.Reader, silent bool) {
 		closeGently(c)
 		return
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
+	if tc := tcpOf(c); tc != nil {
 		// One object per write, sent at once: a classroom client parses each
 		// read on its own. Classroom clients send no heartbeats, so dead peers
 		// are found by TCP keepalive instead.
@@ -400,7 +401,18 @@ func (h *Hub) serveLegacy(s *Session, br *bufio.Reader, silent bool) {
 	})
 }
 
-// closeGently lets the peer read a last object before it sees the close.
+// tcpOf returns the TCP connection under c (plain or TLS), or nil.
+func tcpOf(c net.Conn) *net.TCPConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	tc, _ := c.(*net.TCPConn)
+	return tc
+}
+
+// closeGently lets the peer read a last object before it sees the close:
+// closing with unread input pending would reset the connection and could
+// discard the object.
 func closeGently(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
