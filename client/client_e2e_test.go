@@ -2,9 +2,16 @@ package client_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"slices"
@@ -773,6 +780,73 @@ func TestE2EHubRestart(t *testing.T) {
 	defer stMu.Unlock()
 	if !slices.Contains(states, client.StateReconnecting) {
 		t.Errorf("states %v", states)
+	}
+}
+
+// selfSigned returns a server certificate for 127.0.0.1 and a pool trusting it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "caps test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:     []string{"localhost"},
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+func TestE2ETLS(t *testing.T) {
+	cert, pool := selfSigned(t)
+	th := startHub(t, "", "", func(c *hub.Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	})
+	ctx := ctxFor(t, 30*time.Second)
+	c, err := client.Dial(ctx, []string{"tls://" + th.addr}, client.Options{Name: "secure", TLS: &tls.Config{RootCAs: pool}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	in := newInbox()
+	if _, err := c.Subscribe(ctx, "tls.x", in.add); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Publish(ctx, "tls.x", []byte("secret")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "delivery over TLS", func() bool { return len(in.all()) == 1 })
+
+	// An untrusted certificate ends Dial instead of retrying forever.
+	start := time.Now()
+	_, err = client.Dial(ctx, []string{"tls://" + th.addr}, client.Options{Name: "doubter", TLS: &tls.Config{RootCAs: x509.NewCertPool()}})
+	var cve *tls.CertificateVerificationError
+	if !errors.As(err, &cve) || time.Since(start) > 10*time.Second {
+		t.Fatalf("untrusted certificate: %v after %v", err, time.Since(start))
+	}
+	// Plain text to the TLS port: the hub answers in plain text, and the
+	// refusal is final.
+	_, err = client.Dial(ctx, []string{th.addr}, client.Options{Name: "plain"})
+	var pe *protocol.Error
+	if !errors.As(err, &pe) {
+		t.Fatalf("plain text to the TLS port: %v", err)
 	}
 }
 

@@ -66,8 +66,9 @@ type Conn struct {
 // backoff (Options.ReconnectMin/Max) until one answers WELCOME or ctx is
 // done; with NoReconnect each is tried once. A hub that refuses the identity
 // (ERR unauthorized, name_taken or handshake) ends Dial at once with that
-// *protocol.Error. ctx bounds only the dial: once Dial has returned, the Conn
-// lives until Close.
+// *protocol.Error; a pass over the list in which a hub's TLS certificate
+// failed verification (and none answered) ends it too. ctx bounds only the
+// dial: once Dial has returned, the Conn lives until Close.
 func Dial(ctx context.Context, addrs []string, opts Options) (*Conn, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -114,7 +115,14 @@ func Dial(ctx context.Context, addrs []string, opts Options) (*Conn, error) {
 func (c *Conn) connectLoop(ctx context.Context, initial bool) (*transport, error) {
 	n := len(c.eps)
 	var errs []error
+	certFailed := false // in this pass, a hub's certificate was refused
 	for attempt := 0; ; attempt++ {
+		if initial && attempt > 0 && attempt%n == 0 {
+			if certFailed {
+				// Retrying will not make a certificate valid: say so now.
+				return nil, fmt.Errorf("caps client: no hub reachable: %w", errors.Join(errs...))
+			}
+		}
 		if c.opts.NoReconnect && attempt >= n {
 			return nil, fmt.Errorf("caps client: no hub reachable: %w", errors.Join(errs...))
 		}
@@ -148,6 +156,8 @@ func (c *Conn) connectLoop(ctx context.Context, initial bool) (*transport, error
 		if handshakeFatal(err, initial) {
 			return nil, err
 		}
+		var cve *tls.CertificateVerificationError
+		certFailed = certFailed || errors.As(err, &cve)
 		c.log.Warn("caps: connect failed", "hub", ep.raw, "attempt", attempt+1, "err", err)
 		if len(errs) < n {
 			errs = append(errs, err)
