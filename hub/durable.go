@@ -84,7 +84,7 @@ func (d *durables) join(ctx context.Context, s *Session, pattern, name string, f
 		}
 	}
 	if g != nil && g.pattern != pattern {
-		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("durable %q is already used on this hub for %q", name, g.pattern))
+		return nil, Reject(protocol.CodeForbidden, fmt.Sprintf("durable %q is bound to %q; use another durable name for %q", name, g.pattern, pattern))
 	}
 	if g == nil {
 		if _, err := d.ensureConsumer(ctx, stream, pattern, name, flags, opts); err != nil {

@@ -1,0 +1,224 @@
+package auth_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/caps-hub/caps/client"
+	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/auth"
+	"github.com/caps-hub/caps/internal/parcel"
+	"github.com/caps-hub/caps/protocol"
+)
+
+// parcelHub runs a hub with the parcel dispatcher and an auth file with two
+// vendors, a driver and a logger.
+type parcelHub struct {
+	addr                                  string
+	vendorA, vendorB, driver, logger, bad string
+}
+
+func startParcelHub(t *testing.T) parcelHub {
+	t.Helper()
+	var ph parcelHub
+	var body strings.Builder
+	body.WriteString("tokens:\n")
+	for _, e := range []struct {
+		dst *string
+		e   auth.Entry
+	}{
+		{&ph.vendorA, auth.Entry{Name: "store-a", Role: "vendor", Store: "store-a"}},
+		{&ph.vendorB, auth.Entry{Name: "store-b", Role: "vendor", Store: "store-b"}},
+		{&ph.driver, auth.Entry{Name: "dana", Role: "driver"}},
+		{&ph.logger, auth.Entry{Name: "audit", Role: "logger"}},
+	} {
+		*e.dst, e.e.SHA256 = auth.NewToken()
+		body.WriteString(auth.EntryYAML(e.e))
+	}
+	ph.bad, _ = auth.NewToken() // never written to the file
+	p := filepath.Join(t.TempDir(), "auth.yaml")
+	os.WriteFile(p, []byte(body.String()), 0o600)
+	a, err := auth.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hub.New(hub.Config{
+		Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "auth",
+		Logger: slog.New(slog.DiscardHandler), Auth: a, Apps: []hub.App{parcel.NewDispatcher(parcel.Options{})},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	select {
+	case <-h.Ready():
+	case err := <-done:
+		t.Fatalf("hub: %v", err)
+	}
+	t.Cleanup(func() { cancel(); <-done })
+	ph.addr = h.Addr().String()
+	return ph
+}
+
+func dialAs(t *testing.T, addr, token string) *client.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, []string{addr}, client.Options{Token: token, NoReconnect: true})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func wantCode(t *testing.T, err error, code, what string) {
+	t.Helper()
+	var pe *protocol.Error
+	if !errors.As(err, &pe) || pe.Code != code {
+		t.Errorf("%s: want %s, got %v", what, code, err)
+	}
+}
+
+func order(store string) []byte {
+	return []byte(`{"store":"` + store + `","orderID":"` + uuid.NewString() + `","customer":"Ada Lovelace","address":"1 Main St"}`)
+}
+
+// With --auth and the parcel application: a vendor token cannot post for
+// another store or read another store's notifications, a driver token cannot
+// subscribe to vendor topics, a bad token is refused at the handshake.
+func TestParcelPermissionsWithTokens(t *testing.T) {
+	ph := startParcelHub(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nop := func(*client.Msg) {}
+
+	a := dialAs(t, ph.addr, ph.vendorA)
+	if w := a.Welcome(); w.Role != "vendor" || w.Name != "store-a" {
+		t.Fatalf("vendor token granted %s %q", w.Role, w.Name)
+	}
+	_, err := a.Publish(ctx, parcel.Topic(parcel.EventPickup, "store-b"), order("store-b"))
+	wantCode(t, err, protocol.CodeForbidden, "vendor a posting for store b")
+	_, err = a.Publish(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), order("store-a"))
+	wantCode(t, err, protocol.CodeForbidden, "vendor a posting a driver's event")
+	for _, p := range []string{"parcel.delivered.store-b", "parcel.*.store-b", "parcel.>", "parcel.pickup.*", ">"} {
+		_, err := a.Subscribe(ctx, p, nop)
+		wantCode(t, err, protocol.CodeForbidden, "vendor a subscribing to "+p)
+	}
+
+	d := dialAs(t, ph.addr, ph.driver)
+	for _, p := range []string{"parcel.delivered.store-a", "parcel.*.store-a", "parcel.in-transit.*", "parcel.>"} {
+		_, err := d.Subscribe(ctx, p, nop)
+		wantCode(t, err, protocol.CodeForbidden, "driver subscribing to "+p)
+	}
+	_, err = d.Publish(ctx, parcel.Topic(parcel.EventPickup, "store-a"), order("store-a"))
+	wantCode(t, err, protocol.CodeForbidden, "driver posting a pickup")
+
+	// Vendor b's durable notifications are b's: a cannot take them over by name.
+	b := dialAs(t, ph.addr, ph.vendorB)
+	if _, err := b.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-b"), nop,
+		client.Durable(parcel.VendorDurable("store-b")), client.ManualAck(), client.DeliverAll()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
+	wantCode(t, err, protocol.CodeForbidden, "vendor a joining vendor b's durable")
+
+	_, err = client.Dial(ctx, []string{ph.addr}, client.Options{Role: "admin", Name: "root", Token: ph.bad, NoReconnect: true})
+	wantCode(t, err, protocol.CodeAuth, "an unknown token")
+	_, err = client.Dial(ctx, []string{ph.addr}, client.Options{Role: "vendor", Name: "store-a", NoReconnect: true})
+	wantCode(t, err, protocol.CodeAuth, "no token")
+}
+
+// The vendor and driver programs work with tokens, and each vendor hears
+// only of its own orders.
+func TestParcelFlowWithTokens(t *testing.T) {
+	ph := startParcelHub(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cc := func(token string, out *syncBuffer) parcel.ClientConfig {
+		return parcel.ClientConfig{Hub: []string{ph.addr}, Timeout: 20 * time.Second, Options: client.Options{Token: token}, Out: out}
+	}
+	var outA, outB, outD syncBuffer
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	run := func(fn func() error) {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs <- fn() }()
+	}
+	drvCtx, stopDriver := context.WithCancel(ctx)
+	run(func() error {
+		return parcel.RunDriver(drvCtx, parcel.DriverConfig{ClientConfig: cc(ph.driver, &outD), Name: "dana", Capacity: 4})
+	})
+	vendorsDone := make(chan error, 2)
+	for store, tok := range map[string]string{"store-a": ph.vendorA, "store-b": ph.vendorB} {
+		out := &outA
+		if store == "store-b" {
+			out = &outB
+		}
+		go func() {
+			vendorsDone <- parcel.RunVendor(ctx, parcel.VendorConfig{ClientConfig: cc(tok, out), Store: store, Orders: 2, Interval: 10 * time.Millisecond})
+		}()
+	}
+	for range 2 {
+		select {
+		case err := <-vendorsDone:
+			if err != nil {
+				t.Fatalf("vendor: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("vendors did not finish")
+		}
+	}
+	stopDriver()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("driver: %v", err)
+		}
+	}
+	for store, out := range map[string]*syncBuffer{"store-a": &outA, "store-b": &outB} {
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if len(lines) != 2 {
+			t.Fatalf("vendor %s printed %q", store, lines)
+		}
+		for _, l := range lines {
+			if !strings.HasPrefix(l, "VENDOR["+store+"]: Thank you for delivering ") {
+				t.Errorf("vendor %s printed %q", store, l)
+			}
+		}
+	}
+	if n := strings.Count(outD.String(), "DRIVER[dana]: delivered "); n != 4 {
+		t.Errorf("driver delivered %d orders, want 4:\n%s", n, outD.String())
+	}
+
+	// A vendor program with a bad token stops at once with the reason.
+	err := parcel.RunVendor(ctx, parcel.VendorConfig{ClientConfig: cc(ph.bad, &syncBuffer{}), Store: "store-a", Orders: 1})
+	wantCode(t, err, protocol.CodeAuth, "vendor program with a bad token")
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
