@@ -242,11 +242,7 @@ export class Subscription {
     this.opts = opts;
     this.sid = null; // BigInt while subscribed on the current connection
     this.closed = false;
-  }
-
-  /** The subscription's key: live subscriptions to the same pattern and group share a sid. */
-  get shareKey() {
-    return this.opts.durable ? null : `${this.pattern}\u0000${this.opts.queue ?? ''}`;
+    this._inflight = false; // a SUB for it awaits its answer
   }
 
   unsubscribe() {
@@ -459,6 +455,7 @@ export class Client {
     this._bySid.clear();
     for (const sub of this._subs) {
       sub.sid = null;
+      if (sub._inflight) continue; // its first SUB is waiting for this connection
       this._sendSub(sub).catch((err) => {
         this._subs.delete(sub);
         sub.closed = true;
@@ -610,13 +607,18 @@ export class Client {
     const payload = Object.keys(so).length ? so : undefined;
     // The sid is bound the moment the OK is read, before the MSG frames that
     // may follow it in the same WebSocket message (history comes right after).
-    await this._call({ op: Op.SUB, topic: sub.pattern, key: o.durable, group: o.queue, flags, payload }, timeout, (ok) => {
-      if (sub.closed || !this._subs.has(sub)) {
-        this._dropSid(sub, ok.seq); // unsubscribed meanwhile
-      } else if (sub.sid === null) {
-        this._bindSid(sub, ok.seq);
-      }
-    });
+    sub._inflight = true;
+    try {
+      await this._call({ op: Op.SUB, topic: sub.pattern, key: o.durable, group: o.queue, flags, payload }, timeout, (ok) => {
+        if (sub.closed || !this._subs.has(sub)) {
+          this._dropSid(sub, ok.seq); // unsubscribed meanwhile
+        } else if (sub.sid === null) {
+          this._bindSid(sub, ok.seq);
+        }
+      });
+    } finally {
+      sub._inflight = false;
+    }
   }
 
   _bindSid(sub, sid) {
