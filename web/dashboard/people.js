@@ -4,7 +4,8 @@
 // client.connected / client.disconnected events) and every few seconds.
 import { el, setText, duration, throttle, errorText } from './util.js';
 
-const ROLE_ORDER = ['vendor', 'driver', 'chat', 'logger', 'admin', 'client'];
+// Drivers first: their loads are what a dispatcher looks for.
+const ROLE_ORDER = ['driver', 'vendor', 'chat', 'logger', 'admin', 'client'];
 
 export class PeoplePanel {
   constructor(root, { request }) {

@@ -104,8 +104,8 @@ export class TrafficPanel {
       const span = this.samples.length ? this.samples.at(-1).t - this.samples[0].t : 0;
       setText(this.root.querySelector('#traffic-hub'), `hub ${r.hub}, last ${span > 90000 ? `${Math.round(span / 60000)} minutes` : 'minute'}`);
       const what = this.root.querySelector('#latency-what');
-      what.title = `${r.latency_help}; each point over the ${r.window_ms / 1000}s before it`;
-      setText(what, `${r.latency} (log scale)`);
+      what.title = `${r.latency}: ${r.latency_help}; each point over the ${r.window_ms / 1000}s before it, on a log scale`;
+      setText(what, r.latency);
       this.draw(r.totals);
     } catch (err) {
       setText(this.root.querySelector('#traffic-hub'), `unavailable: ${errorText(err)}`);
