@@ -281,7 +281,9 @@ func (e *Engine) waitReady(ctx context.Context, limit time.Duration) error {
 			return fmt.Errorf("engine not ready after %s: %s (last error: %v)", time.Since(start).Round(time.Second), e.notReadyReason(lastErr), lastErr)
 		}
 		lastErr = err // the attempt's own error, not the end of ctx
-		if time.Since(last) >= 5*time.Second {
+		// A cluster elects its leader in a few seconds at every start: say
+		// something only when the wait is longer than that, then every 5s.
+		if time.Since(start) >= 3*time.Second && time.Since(last) >= 5*time.Second {
 			e.log.Warn("waiting for the engine: "+e.notReadyReason(err)+"; retrying",
 				"waited", time.Since(start).Round(time.Second), "err", err)
 			last = time.Now()

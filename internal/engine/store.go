@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"time"
 
@@ -52,7 +53,7 @@ func (e *Engine) EnsureStream(ctx context.Context, spec StreamSpec) (jetstream.S
 	var s jetstream.Stream
 	err := e.retryPlacement(ctx, "stream "+spec.Name, func(ctx context.Context) error {
 		var err error
-		s, err = e.ensureStream(ctx, cfg)
+		s, err = e.ensureStream(ctx, cfg, false)
 		return err
 	})
 	if err != nil {
@@ -67,8 +68,12 @@ func (e *Engine) EnsureStream(ctx context.Context, spec StreamSpec) (jetstream.S
 // hub of a cluster runs this at start, often at the same moment: a stream
 // info or update request that arrives while another hub's create of the same
 // replicated stream is in flight is not answered until it times out.
-func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig) (jetstream.Stream, error) {
+//
+// For a bucket's stream (bucket true), reads are served directly by any
+// replica only when there is one replica; see EnsureKV.
+func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, bucket bool) (jetstream.Stream, error) {
 	want.Replicas = e.Replicas
+	want.AllowDirect = bucket && want.Replicas <= 1
 	s, err := e.JS.CreateStream(ctx, want)
 	if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return s, err
@@ -79,6 +84,7 @@ func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig) 
 	}
 	have := cur.CachedInfo().Config
 	want.Replicas = e.replicasOf(want.Name, have.Replicas)
+	want.AllowDirect = bucket && want.Replicas <= 1
 	if sameStream(have, want) {
 		return cur, nil
 	}
@@ -91,7 +97,8 @@ func sameStream(a, b jetstream.StreamConfig) bool {
 	return slices.Equal(slices.Sorted(slices.Values(a.Subjects)), slices.Sorted(slices.Values(b.Subjects))) &&
 		a.Storage == b.Storage && a.Retention == b.Retention && a.Replicas == b.Replicas &&
 		a.MaxAge == b.MaxAge && a.MaxMsgsPerSubject == b.MaxMsgsPerSubject && a.MaxBytes == b.MaxBytes &&
-		a.Duplicates == b.Duplicates && a.Discard == b.Discard
+		a.Duplicates == b.Duplicates && a.Discard == b.Discard && a.AllowDirect == b.AllowDirect &&
+		a.AllowRollup == b.AllowRollup && a.DenyDelete == b.DenyDelete
 }
 
 // replicasOf returns the replica count an existing stream should have:
@@ -127,7 +134,9 @@ func (e *Engine) retryPlacement(ctx context.Context, what string, op func(contex
 			}
 			return err
 		}
-		if time.Since(last) >= 5*time.Second {
+		// A blip (a create racing another hub's) is retried quietly; a wait
+		// that lasts is reported every few seconds.
+		if time.Since(start) >= time.Second && time.Since(last) >= 5*time.Second {
 			e.log.Warn("waiting for the engine to create "+what+": "+placementReason(err, e.Replicas)+"; retrying",
 				"replicas", e.Replicas, "waited", time.Since(start).Round(time.Second), "err", err)
 			last = time.Now()
@@ -135,15 +144,22 @@ func (e *Engine) retryPlacement(ctx context.Context, what string, op func(contex
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w (gave up waiting: %w)", err, ctx.Err())
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
+
+// errNotVisibleYet: a stream was created, but the server answering the next
+// request has not applied its creation yet.
+var errNotVisibleYet = errors.New("created but not visible yet")
 
 // placementRetryable reports whether a stream or bucket creation error may
 // go away by itself: the cluster is electing a leader, or some of its
 // servers are not (yet) up.
 func placementRetryable(err error) bool {
+	if errors.Is(err, errNotVisibleYet) {
+		return true
+	}
 	switch apiErrorCode(err) {
 	case errCodeClusterNoPeers, errCodeClusterNotAvail, errCodeInsufficientResources:
 		return true
@@ -160,6 +176,9 @@ func placementReason(err error, replicas int) string {
 	case errCodeClusterNotAvail:
 		return "the JetStream cluster has no leader: it needs more than half of its servers up"
 	}
+	if errors.Is(err, errNotVisibleYet) {
+		return "the cluster has not finished creating it"
+	}
 	return "JetStream did not answer in time"
 }
 
@@ -170,53 +189,67 @@ type KVSpec struct {
 	TTL     time.Duration // age after which an entry expires (0 = never)
 }
 
-// EnsureKV creates the bucket or updates it to spec. It is idempotent.
+var bucketNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// EnsureKV creates the bucket or updates it to spec, and binds it. It is
+// idempotent.
+//
+// A replicated bucket answers reads from its stream leader only (direct gets
+// off). With direct gets any replica answers a read, and a follower that has
+// not yet applied a write answers with the value before it: a hub would not
+// see the order another hub has just stored, and the parcel dispatcher would
+// refuse its driver ("no such order"); the cluster tests caught exactly that.
+// Read from the leader, a bucket gives every hub read-your-writes. A
+// single-replica bucket keeps direct gets: its one server is always current.
+//
+// The bucket's stream is laid out as nats.go's CreateKeyValue lays it out
+// (the KV_<bucket> stream of the JetStream key-value design), so that the
+// jetstream KeyValue API binds to it; it is created (and updated) here rather
+// than by CreateKeyValue, which would turn direct gets back on.
 func (e *Engine) EnsureKV(ctx context.Context, spec KVSpec) (jetstream.KeyValue, error) {
-	cfg := jetstream.KeyValueConfig{
-		Bucket:  spec.Bucket,
-		History: max(spec.History, 1),
-		TTL:     spec.TTL,
-		Storage: jetstream.FileStorage,
+	if !bucketNameRE.MatchString(spec.Bucket) {
+		return nil, fmt.Errorf("kv bucket %q: a name is letters, digits, _ and -", spec.Bucket)
+	}
+	if spec.History > jetstream.KeyValueMaxHistory {
+		return nil, fmt.Errorf("kv bucket %s: history %d is more than %d", spec.Bucket, spec.History, jetstream.KeyValueMaxHistory)
+	}
+	history := max(int64(spec.History), 1)
+	dup := 2 * time.Minute
+	if spec.TTL > 0 && spec.TTL < dup {
+		dup = spec.TTL
+	}
+	cfg := jetstream.StreamConfig{
+		Name:              "KV_" + spec.Bucket,
+		Subjects:          []string{"$KV." + spec.Bucket + ".>"},
+		MaxMsgsPerSubject: history,
+		MaxBytes:          -1,
+		MaxAge:            spec.TTL,
+		MaxMsgSize:        -1,
+		Storage:           jetstream.FileStorage,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		Duplicates:        dup,
+		MaxMsgs:           -1,
+		MaxConsumers:      -1,
+		Discard:           jetstream.DiscardNew,
 	}
 	var kv jetstream.KeyValue
 	err := e.retryPlacement(ctx, "bucket "+spec.Bucket, func(ctx context.Context) error {
+		if _, err := e.ensureStream(ctx, cfg, true); err != nil {
+			return err
+		}
 		var err error
-		kv, err = e.ensureKV(ctx, cfg)
+		kv, err = e.JS.KeyValue(ctx, spec.Bucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			// Just created: the server that answered has not applied it yet.
+			return fmt.Errorf("%w: %w", errNotVisibleYet, err)
+		}
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", spec.Bucket, err)
 	}
 	return kv, nil
-}
-
-// ensureKV is ensureStream for a bucket (the stream KV_<bucket>).
-func (e *Engine) ensureKV(ctx context.Context, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	want.Replicas = e.Replicas
-	kv, err := e.JS.CreateKeyValue(ctx, want)
-	if !errors.Is(err, jetstream.ErrBucketExists) {
-		return kv, err
-	}
-	cur, err := e.JS.KeyValue(ctx, want.Bucket)
-	if err != nil {
-		return nil, err
-	}
-	st, err := cur.Status(ctx)
-	if err != nil {
-		return nil, err
-	}
-	bs, ok := st.(*jetstream.KeyValueBucketStatus)
-	if !ok {
-		return cur, nil
-	}
-	have := bs.StreamInfo().Config
-	want.Replicas = e.replicasOf(have.Name, have.Replicas)
-	if have.Replicas == want.Replicas && have.MaxMsgsPerSubject == int64(want.History) &&
-		have.MaxAge == want.TTL && have.Storage == want.Storage {
-		return cur, nil
-	}
-	e.log.Info("engine: updating bucket", "bucket", want.Bucket, "replicas", want.Replicas)
-	return e.JS.UpdateKeyValue(ctx, want)
 }
 
 // IsNotFound reports whether err means a missing stream, consumer or key.

@@ -1,0 +1,267 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caps-hub/caps/client"
+	"github.com/caps-hub/caps/internal/chat"
+	"github.com/caps-hub/caps/protocol"
+)
+
+// rig is a NATS cluster with two hubs on it. nats is nil when the hubs'
+// embedded servers are the cluster (a hub's NATS node dies with the hub).
+type rig struct {
+	nats natsCluster
+	a, b *runningHub
+}
+
+// runFlows runs every flow on r, the destructive ones last: a NATS node is
+// shut down, then hub A is.
+func runFlows(t *testing.T, r *rig) {
+	steps := []struct {
+		name string
+		fn   func(*testing.T, *rig)
+	}{
+		{"LiveAcrossHubs", flowLive},
+		{"QueueGroupAcrossHubs", flowQueueGroup},
+		{"DurableOnceAcrossHubs", flowDurableOnce},
+		{"ParcelsVendorAToDriverB", flowParcelsVendorAToDriverB},
+		{"ParcelsAcrossHubs", flowParcels},
+		{"ChatAcrossHubs", flowChat},
+		{"NATSNodeDiesMidRun", flowNodeDies},
+		{"HubDiesClientsFailOver", flowHubDies},
+	}
+	for _, s := range steps {
+		if s.name == "NATSNodeDiesMidRun" && r.nats == nil {
+			continue // the hub's own NATS node: HubDiesClientsFailOver covers it
+		}
+		if !t.Run(s.name, func(t *testing.T) { s.fn(t, r) }) {
+			// Later steps build on a healthy cluster; stop at the first failure.
+			t.FailNow()
+		}
+	}
+}
+
+// flowLive: a live (not stored) topic published on hub A reaches a
+// subscriber on hub B.
+func flowLive(t *testing.T, r *rig) {
+	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
+	defer cancel()
+	sub := dial(t, "live-sub", protocol.RoleClient, r.b.Addr())
+	pub := dial(t, "live-pub", protocol.RoleClient, r.a.Addr())
+	got := newCounter()
+	if _, err := sub.Subscribe(ctx, "news.cluster", func(m *client.Msg) { got.add(string(m.Payload), "b") }); err != nil {
+		t.Fatal(err)
+	}
+	// B's interest reaches A's NATS node over the routes a moment after the
+	// SUB is answered: probe until it has.
+	waitFor(t, flowTimeout, "interest of hub B to reach hub A", func() bool {
+		if _, err := pub.Publish(ctx, "news.cluster", []byte("probe")); err != nil {
+			t.Logf("probe: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		return got.has("probe")
+	})
+	var keys []string
+	for i := range 20 {
+		k := fmt.Sprintf("m%d", i)
+		keys = append(keys, k)
+		if _, err := pub.Publish(ctx, "news.cluster", []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, flowTimeout, "20 live messages across hubs", func() bool { return got.hasAll(keys) })
+	if d := got.dups(); len(d) > 1 || (len(d) == 1 && d["probe"] == nil) {
+		t.Errorf("live messages delivered twice: %v", d)
+	}
+}
+
+// flowQueueGroup: one member of a queue group on each hub; each message goes
+// to exactly one of them, whichever hub it was published on.
+func flowQueueGroup(t *testing.T, r *rig) {
+	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
+	defer cancel()
+	got := newCounter()
+	for _, h := range []*runningHub{r.a, r.b} {
+		c := dial(t, "q-"+h.name, protocol.RoleClient, h.Addr())
+		who := h.name
+		if _, err := c.Subscribe(ctx, "work.q", func(m *client.Msg) { got.add(string(m.Payload), who) }, client.Queue("qworkers")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pubA := dial(t, "q-pub-a", protocol.RoleClient, r.a.Addr())
+	pubB := dial(t, "q-pub-b", protocol.RoleClient, r.b.Addr())
+	// Wait until both hubs' queue subscriptions are known cluster-wide:
+	// probes from either side reach the group.
+	for i, p := range []*client.Conn{pubA, pubB} {
+		waitFor(t, flowTimeout, "the queue group to be known cluster-wide", func() bool {
+			k := fmt.Sprintf("probe%d", i)
+			_, _ = p.Publish(ctx, "work.q", []byte(k))
+			time.Sleep(20 * time.Millisecond)
+			return got.has(k)
+		})
+	}
+	var keys []string
+	for i := range 100 {
+		k := fmt.Sprintf("job%d", i)
+		keys = append(keys, k)
+		p := pubA
+		if i%2 == 1 {
+			p = pubB
+		}
+		if _, err := p.Publish(ctx, "work.q", []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, flowTimeout, "100 queue messages", func() bool { return got.hasAll(keys) })
+	for k, by := range got.dups() {
+		if len(k) > 3 && k[:3] == "job" {
+			t.Errorf("%s delivered to %d members of the group: %v", k, len(by), by)
+		}
+	}
+	t.Logf("queue group deliveries per hub: %v", got.byWho())
+}
+
+// worker is a durable subscriber that records what it processed.
+func subscribeWorker(ctx context.Context, t *testing.T, c *client.Conn, who, durable string, got *counter) *client.Subscription {
+	t.Helper()
+	sub, err := c.Subscribe(ctx, "jobs.>", func(m *client.Msg) {
+		got.add(m.Key, who)
+		// Ack and wait for the engine to confirm: from here the job is done.
+		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Ack(actx); err != nil {
+			t.Logf("%s: ack %s: %v (it will be redelivered)", who, m.Key, err)
+		}
+	}, client.Durable(durable), client.ManualAck())
+	if err != nil {
+		t.Fatalf("%s: durable subscribe: %v", who, err)
+	}
+	return sub
+}
+
+// flowDurableOnce: a durable shared by a worker on each hub; every stored
+// job is processed, each by exactly one worker.
+func flowDurableOnce(t *testing.T, r *rig) {
+	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
+	defer cancel()
+	got := newCounter()
+	for _, h := range []*runningHub{r.a, r.b} {
+		c := dial(t, "w-"+h.name, protocol.RoleClient, h.Addr())
+		subscribeWorker(ctx, t, c, h.name, "once", got)
+	}
+	pubA := dial(t, "d-pub-a", protocol.RoleClient, r.a.Addr())
+	pubB := dial(t, "d-pub-b", protocol.RoleClient, r.b.Addr())
+	var keys []string
+	for i := range 100 {
+		k := fmt.Sprintf("once-%d", i)
+		keys = append(keys, k)
+		p := pubA
+		if i%2 == 1 {
+			p = pubB
+		}
+		if _, err := p.Publish(ctx, "jobs.once", []byte(k), client.WithMsgID(k), client.WithDurable()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, flowTimeout, "100 durable jobs processed", func() bool { return got.hasAll(keys) })
+	if d := got.dups(); len(d) > 0 {
+		t.Errorf("jobs processed more than once: %v", d)
+	}
+	t.Logf("durable jobs per hub: %v", got.byWho())
+}
+
+// flowNodeDies: workers on both hubs and a publisher; half way through, the
+// NATS node hub A is connected to is shut down. Every publish the hub
+// confirmed (stored) is processed; nothing acknowledged is lost.
+func flowNodeDies(t *testing.T, r *rig) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*flowTimeout)
+	defer cancel()
+	got := newCounter()
+	for _, h := range []*runningHub{r.a, r.b} {
+		c := dial(t, "nd-"+h.name, protocol.RoleClient, h.Addr())
+		subscribeWorker(ctx, t, c, h.name, "nodedies", got)
+	}
+	pub := dial(t, "nd-pub", protocol.RoleClient, r.a.Addr(), r.b.Addr())
+	const n = 60
+	var stored []string
+	for i := range n {
+		if i == n/3 {
+			node := r.nats.NodeOf(r.a.name)
+			if node < 0 {
+				t.Fatalf("hub %s is connected to no NATS node", r.a.name)
+			}
+			t.Logf("shutting down NATS node %d (hub %s's) after %d jobs", node, r.a.name, i)
+			r.nats.Stop(t, node)
+		}
+		k := fmt.Sprintf("nd-%d", i)
+		start := time.Now()
+		if err := publishUntilStored(ctx, pub, "jobs.nodedies", k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Logf("publish %s took %s (the cluster was recovering)", k, d.Round(time.Millisecond))
+		}
+		stored = append(stored, k)
+	}
+	start := time.Now()
+	waitFor(t, 2*flowTimeout, "every stored job processed after the node died", func() bool { return got.hasAll(stored) })
+	t.Logf("all %d stored jobs processed %s after the last publish", n, time.Since(start).Round(time.Millisecond))
+	if m := got.missing(stored); len(m) > 0 {
+		t.Fatalf("lost: %v", m)
+	}
+	d := got.dups()
+	t.Logf("jobs per hub: %v; redelivered after the failure (at least once, never lost): %d", got.byWho(), len(d))
+}
+
+// flowHubDies: a worker and a publisher connected to hub A with hub B as
+// their second address; hub A shuts down mid-run. Both carry on through B:
+// the worker's durable subscription resumes there and every stored job is
+// processed.
+func flowHubDies(t *testing.T, r *rig) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*flowTimeout)
+	defer cancel()
+	got := newCounter()
+	worker := dial(t, "hd-worker", protocol.RoleClient, r.a.Addr(), r.b.Addr())
+	if worker.Addr() != r.a.Addr() {
+		t.Fatalf("worker connected to %s, want hub A %s first", worker.Addr(), r.a.Addr())
+	}
+	subscribeWorker(ctx, t, worker, "worker", "hubdies", got)
+	pub := dial(t, "hd-pub", protocol.RoleClient, r.a.Addr(), r.b.Addr())
+	// Chat too: dora is on hub A (B second), erin on hub B.
+	dora := joinChat(t, "dora", "failover", r.a.Addr(), r.b.Addr())
+	erin := joinChat(t, "erin", "failover", r.b.Addr())
+	dora.waitEvent(t, "erin join", func(e chat.Event) bool {
+		return e.Kind == chat.EventPresence && e.Msg.Kind == chat.KindJoin && e.Msg.From == "erin"
+	})
+	const n = 40
+	var stored []string
+	var stopOnce sync.Once
+	for i := range n {
+		if i == n/2 {
+			stopOnce.Do(func() {
+				t.Logf("shutting down hub %s after %d jobs", r.a.name, i)
+				r.a.Stop(t)
+			})
+		}
+		k := fmt.Sprintf("hd-%d", i)
+		if err := publishUntilStored(ctx, pub, "jobs.hubdies", k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, k)
+	}
+	waitFor(t, 2*flowTimeout, "every stored job processed through hub B", func() bool { return got.hasAll(stored) })
+	if worker.Addr() != r.b.Addr() || pub.Addr() != r.b.Addr() {
+		t.Errorf("after hub A stopped: worker on %s, publisher on %s; want both on hub B %s", worker.Addr(), pub.Addr(), r.b.Addr())
+	}
+	waitFor(t, flowTimeout, "dora's chat client to reconnect to hub B", func() bool { return dora.c.Hub() == r.b.Addr() })
+	if err := dora.c.Say(ctx, "still here"); err != nil {
+		t.Fatalf("dora after the failover: %v", err)
+	}
+	erin.waitEvent(t, "dora's message through hub B", said("dora", "still here", false))
+	t.Logf("redelivered across the failover (at least once, never lost): %d", len(got.dups()))
+}

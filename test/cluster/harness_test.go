@@ -1,0 +1,282 @@
+// Package cluster_test runs several hubs over one NATS cluster: a three-node
+// cluster started in-process (nats-server's server package) or as three
+// separate nats-server processes, or three hubs whose embedded NATS servers
+// form the cluster themselves. The same flows run on each: pub/sub, queue
+// groups and durable work queues across hubs, a NATS node shut down mid-run,
+// a hub shut down under its clients, parcels and chat across hubs.
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/caps-hub/caps/client"
+	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/engine"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// nats.go and nats-server keep a few process-wide goroutines alive.
+		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
+		goleak.IgnoreTopFunction("time.Sleep"),
+	)
+}
+
+// Deadlines are generous: JetStream elects RAFT leaders in seconds, and the
+// tests must pass on a loaded 2-core machine. Nothing waits for them unless
+// something is wrong; every wait is for a condition.
+const (
+	startTimeout = 60 * time.Second
+	flowTimeout  = 60 * time.Second
+)
+
+// natsCluster is a three-node NATS cluster with JetStream, however it runs.
+type natsCluster interface {
+	// URLs returns the client URLs of every node, comma-separated.
+	URLs() string
+	// NodeOf returns the index of the node the NATS connection named name is
+	// connected to, or -1.
+	NodeOf(name string) int
+	// Stop shuts node i down (for good).
+	Stop(t *testing.T, i int)
+	// Size is the number of nodes started.
+	Size() int
+}
+
+// storeApp stores the topics of the tests under "jobs.>" so that they can
+// be subscribed durably, like the parcel and chat apps store theirs.
+type storeApp struct{}
+
+func (storeApp) Setup(ctx context.Context, h *hub.Host) error {
+	return h.AddStream(ctx, engine.StreamSpec{Name: "CLUSTER_JOBS", Topics: []string{"jobs.>"}})
+}
+
+// hubSpec is a hub to start: its configuration and its applications.
+type hubSpec struct {
+	cfg  hub.Config
+	apps hubApps
+}
+
+// runningHub is a hub started by a test.
+type runningHub struct {
+	*hub.Hub
+	name   string
+	apps   hubApps
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+// Addr returns the hub's client address.
+func (h *runningHub) Addr() string { return h.Hub.Addr().String() }
+
+// Stop shuts the hub down gracefully (as on SIGTERM) and waits for it.
+func (h *runningHub) Stop(t *testing.T) {
+	t.Helper()
+	h.once.Do(func() {
+		h.cancel()
+		select {
+		case err := <-h.done:
+			if err != nil {
+				t.Errorf("hub %s: %v", h.name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("hub %s did not stop in 30s", h.name)
+		}
+	})
+}
+
+// startHubs starts hubs concurrently (embedded cluster members wait for each
+// other before any is ready) and stops them when the test ends.
+func startHubs(t *testing.T, specs ...hubSpec) []*runningHub {
+	t.Helper()
+	hs := make([]*runningHub, len(specs))
+	for i, spec := range specs {
+		cfg := spec.cfg
+		cfg.Apps = spec.apps.list
+		if cfg.Addr == "" {
+			cfg.Addr = "127.0.0.1:0"
+		}
+		if cfg.HTTPAddr == "" {
+			cfg.HTTPAddr = "off"
+		}
+		cfg.Quiet = true
+		ctx, cancel := context.WithCancel(context.Background())
+		rh := &runningHub{Hub: hub.New(cfg), name: cfg.Name, apps: spec.apps, cancel: cancel, done: make(chan error, 1)}
+		go func() { rh.done <- rh.Run(ctx) }()
+		hs[i] = rh
+		t.Cleanup(func() { rh.Stop(t) })
+	}
+	deadline := time.After(startTimeout)
+	for _, rh := range hs {
+		select {
+		case <-rh.Ready():
+		case err := <-rh.done:
+			rh.done <- err
+			t.Fatalf("hub %s did not start: %v", rh.name, err)
+		case <-deadline:
+			t.Fatalf("hub %s did not start in %s", rh.name, startTimeout)
+		}
+	}
+	return hs
+}
+
+// testAckWait is the hubs' ack wait: short enough that a delivery lost with
+// a dying node comes back within the test, long enough that a slow machine
+// does not redeliver what it is still processing.
+const testAckWait = 3 * time.Second
+
+// externalHub is a hub on an external NATS cluster.
+func externalHub(name, urls string) hubSpec {
+	return hubSpec{cfg: hub.Config{Name: name, NATSURLs: urls, AckWait: testAckWait}, apps: newHubApps()}
+}
+
+// dial connects a client to the hubs at addrs (the first one first) and
+// closes it when the test ends. It reconnects quickly, for the tests.
+func dial(t *testing.T, name, role string, addrs ...string) *client.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, addrs, client.Options{
+		Name: name, Role: role,
+		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 250 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatalf("dial %s as %s: %v", strings.Join(addrs, ","), name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// waitFor polls cond until it holds, failing the test at the deadline with what.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freePorts returns n TCP ports free on 127.0.0.1 right now. The NATS route
+// ports must be known before any node starts, since every node names all of
+// them in its routes.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	var ls []net.Listener
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return ports
+}
+
+// counter records, by key, how often something was seen and by whom.
+type counter struct {
+	mu   sync.Mutex
+	seen map[string][]string
+}
+
+func newCounter() *counter { return &counter{seen: map[string][]string{}} }
+
+func (c *counter) add(key, by string) {
+	c.mu.Lock()
+	c.seen[key] = append(c.seen[key], by)
+	c.mu.Unlock()
+}
+
+func (c *counter) has(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen[key]) > 0
+}
+
+func (c *counter) hasAll(keys []string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range keys {
+		if len(c.seen[k]) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// missing lists the keys not seen.
+func (c *counter) missing(keys []string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, k := range keys {
+		if len(c.seen[k]) == 0 {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// dups lists the keys seen more than once, with who saw them.
+func (c *counter) dups() map[string][]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string][]string{}
+	for k, by := range c.seen {
+		if len(by) > 1 {
+			out[k] = append([]string(nil), by...)
+		}
+	}
+	return out
+}
+
+// byWho counts keys per receiver.
+func (c *counter) byWho() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int{}
+	for _, by := range c.seen {
+		for _, b := range by {
+			out[b]++
+		}
+	}
+	return out
+}
+
+// publishUntilStored publishes with a message id and retries (same id, so
+// the engine stores it once) until the hub confirms it is stored. Failures
+// are expected while a NATS node or a hub goes away.
+func publishUntilStored(ctx context.Context, c *client.Conn, topic, id string, payload []byte) error {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		seq, err := c.Publish(pctx, topic, payload, client.WithMsgID(id), client.WithDurable())
+		cancel()
+		if err == nil && seq > 0 {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("publish %s %s: %w (last error: %v)", topic, id, ctx.Err(), err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
