@@ -47,6 +47,7 @@ func TestTokensDecideWhatThePageShows(t *testing.T) {
 		auth.Entry{Name: "north", Role: "vendor", Store: "north"},
 		auth.Entry{Name: "south", Role: "vendor", Store: "south"},
 		auth.Entry{Name: "dana", Role: "driver"},
+		auth.Entry{Name: "carol", Role: "chat"},
 	)
 	th := startHub(t, func(c *hub.Config) { c.Auth = a })
 	f := newFleet(t, th)
@@ -92,6 +93,18 @@ func TestTokensDecideWhatThePageShows(t *testing.T) {
 	enter(admin, tok["boss"])
 	admin.until("both stores", `new Set([...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent)).size === 2`)
 	admin.until("people", `document.querySelectorAll("#people-table tbody tr").length >= 4`)
+	// A chat token's page chats under the token's name, and sees no parcels.
+	carol := b.tab()
+	carol.do("open the dashboard as carol", chromedp.Navigate(th.url()))
+	carol.until("the token dialog", `document.getElementById("login").open`)
+	enter(carol, tok["carol"])
+	carol.until("no parcels for chat", `!document.getElementById("orders-notice").hidden`)
+	carol.until("no name to choose", `document.getElementById("chat-name").closest("label").hidden`)
+	carol.do("join the lobby", chromedp.Click(chromedp.CSS("#chat-join button")))
+	carol.until("in the lobby", `!document.getElementById("chat-box").hidden`)
+	carol.do("say hi", chromedp.SetValue(chromedp.CSS("#chat-text"), "hi from carol"), chromedp.Click(chromedp.CSS("#chat-send button")))
+	carol.until("her message", `[...document.querySelectorAll("#chat-log li")].some(li => li.textContent.includes("carol: hi from carol"))`)
+
 	// The vendor's page still shows only its own store.
 	if n := eval[int](b, `[...document.querySelectorAll("#orders tbody td.store")].filter(td => td.textContent !== "north").length`); n != 0 {
 		t.Errorf("vendor north's page shows %d orders of another store", n)

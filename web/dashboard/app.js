@@ -138,10 +138,13 @@ async function main() {
     setInterval(() => traffic.refresh(), 1000);
   }
 
-  // Chat, on a connection of its own.
+  // Chat, on a connection of its own; a chat token's page already is a
+  // chat client (the hub would refuse its name a second time).
   new ChatPanel($('#chat'), {
     auth: !hello.open,
-    open: ({ name, onState }) => Hub.open({ role: 'chat', name, token: token(), onState }),
+    open: hello.role === 'chat'
+      ? async () => hub
+      : ({ name, onState }) => Hub.open({ role: 'chat', name, token: token(), onState }),
   }).setAuth(!hello.open);
 
   hub.onReconnect(() => {
