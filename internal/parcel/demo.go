@@ -221,7 +221,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 		go func() { defer vendors.Done(); fail(RunVendor(runCtx, vc)) }()
 	}
 	vendors.Wait()
-	timedOut := runCtx.Err() != nil && ctx.Err() == nil
+	timedOut := errors.Is(runCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
 	stopClients()
 	clients.Wait()
 
@@ -231,7 +231,13 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 		ids = append(ids, id)
 	}
 	thanks := maps.Clone(thanked)
-	errs := slices.Clone(clientErrs)
+	// Vendors stopped early say so; the summary tells why.
+	var errs []error
+	for _, err := range clientErrs {
+		if !errors.Is(err, ErrInterrupted) {
+			errs = append(errs, err)
+		}
+	}
 	mu.Unlock()
 
 	auditCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -252,7 +258,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	case len(errs) > 0:
 		return sum, fmt.Errorf("demo: %w", errors.Join(errs...))
 	case timedOut:
-		return sum, fmt.Errorf("demo: not finished after %s", cfg.Timeout)
+		return sum, fmt.Errorf("demo: not finished after %s: %d of %d orders delivered", cfg.Timeout, sum.Delivered, cfg.Orders)
 	case sum.Posted < cfg.Orders:
 		return sum, fmt.Errorf("demo: only %d of %d orders were posted", sum.Posted, cfg.Orders)
 	case !sum.OK():

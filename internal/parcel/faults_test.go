@@ -2,6 +2,7 @@ package parcel_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"strings"
@@ -156,7 +157,14 @@ func TestVendorOfflineDuringDeliveryIsToldOnceOnReturn(t *testing.T) {
 	first := f.vendor(away, "acme", 1, time.Millisecond)
 	id := onlyOrder(t, f)
 	leave()
-	wait(t, first, 10*time.Second, "the vendor leaving")
+	select {
+	case err := <-first:
+		if !errors.Is(err, parcel.ErrInterrupted) {
+			t.Fatalf("vendor stopped before its order was delivered: %v, want ErrInterrupted", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the vendor did not leave")
+	}
 	if n := f.vendors["acme"].count(id); n != 0 {
 		t.Fatalf("thanked before any driver existed (%d)", n)
 	}

@@ -33,8 +33,10 @@ type VendorConfig struct {
 // RunVendor runs a vendor: it posts an order every Interval and prints
 // "VENDOR[<store>]: Thank you for delivering <orderID>" once per delivered
 // order of its store, including those delivered while it was offline. It
-// returns when ctx ends (nil), when all Orders are confirmed delivered (nil),
-// or when the hub stays unreachable past Timeout or refuses it (an error).
+// returns nil when all Orders are confirmed delivered, or when ctx ends if
+// it posts forever (Orders 0); an error wrapping ErrInterrupted when ctx
+// ends before all Orders are delivered, ErrUnreachable when the hub stays
+// unreachable past Timeout, or the hub's refusal.
 func RunVendor(ctx context.Context, cfg VendorConfig) error {
 	cfg.defaults()
 	if cfg.Interval <= 0 {
@@ -74,7 +76,7 @@ func RunVendor(ctx context.Context, cfg VendorConfig) error {
 	go func() { posted <- v.post(ctx) }()
 	select {
 	case <-ctx.Done():
-		return nil
+		return v.interrupted()
 	case <-s.lost:
 		return s.lostErr
 	case err := <-posted:
@@ -87,13 +89,32 @@ func RunVendor(ctx context.Context, cfg VendorConfig) error {
 	}
 	select {
 	case <-ctx.Done():
-		return nil
+		return v.interrupted()
 	case <-s.lost:
 		return s.lostErr
 	case <-v.allDone:
 		cfg.Log.Info("vendor done: every order delivered", "store", cfg.Store, "orders", cfg.Orders)
 		return nil
 	}
+}
+
+// ErrInterrupted is returned by a vendor with a number of orders to see
+// through that was stopped before all were delivered.
+var ErrInterrupted = errors.New("interrupted")
+
+// interrupted is the result of a vendor stopped by its context: fine for
+// one posting forever, an error for one that was to see N orders delivered.
+func (v *vendor) interrupted() error {
+	if v.cfg.Orders == 0 {
+		return nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil
+	}
+	return fmt.Errorf("vendor %s: %w with %d of %d orders posted and %d confirmed delivered",
+		v.cfg.Store, ErrInterrupted, v.posted, v.cfg.Orders, v.confirmed)
 }
 
 type vendor struct {
