@@ -17,7 +17,7 @@ import (
 func newHubCmd() *cobra.Command {
 	var cfg hub.Config
 	var syncAlways bool
-	var natsCluster, natsRoutes, natsClient string
+	var natsCluster, natsRoutes, natsClient, natsClusterName string
 	var origins string
 	var sec hubSecurity
 	cmd := &cobra.Command{
@@ -36,8 +36,16 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 			if cfg.NATSURLs == "" && cfg.DataDir == "" {
 				return fmt.Errorf("--data DIR is required with the embedded engine (or give --nats URLS)")
 			}
+			// --nats-cluster makes the embedded engine a cluster member (see
+			// docs/DEPLOY.md); it cannot be combined with an external one.
+			switch {
+			case natsCluster != "" && cfg.NATSURLs != "":
+				return fmt.Errorf("--nats-cluster runs the embedded NATS as a cluster member; it cannot be combined with --nats (an external cluster)")
+			case natsCluster == "" && (natsRoutes != "" || natsClient != ""):
+				return fmt.Errorf("--nats-routes and --nats-client need --nats-cluster host:port")
+			}
 			if natsCluster != "" {
-				cfg.EngineCluster = hub.EngineCluster{Name: "caps", Listen: natsCluster, Client: natsClient}
+				cfg.EngineCluster = hub.EngineCluster{Name: natsClusterName, Listen: natsCluster, Client: natsClient}
 				for _, r := range strings.Split(natsRoutes, ",") {
 					if r = strings.TrimSpace(r); r != "" {
 						cfg.EngineCluster.Routes = append(cfg.EngineCluster.Routes, r)
@@ -74,6 +82,7 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.StringVar(&natsCluster, "nats-cluster", "", "run the embedded NATS as a cluster member, routes listening on host:port")
 	f.StringVar(&natsRoutes, "nats-routes", "", "other cluster members' routes, comma-separated (nats-route://b:6222,…)")
 	f.StringVar(&natsClient, "nats-client", "", "host:port where the embedded NATS accepts NATS clients (cluster mode)")
+	f.StringVar(&natsClusterName, "nats-cluster-name", "caps", "NATS cluster name, the same on every member (cluster mode; the member's server name is --name)")
 	f.StringVar(&cfg.Legacy, "legacy", "auto", "classroom JSON dialect: auto (on unless --auth), on, off")
 	f.DurationVar(&cfg.LegacyGrace, "legacy-grace", 6*time.Second, "silence after which a classroom connection is taken for a driver")
 	f.StringVar(&origins, "ws-origins", "", `WebSocket origin patterns allowed, comma-separated ("*" = any)`)
