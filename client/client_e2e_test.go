@@ -519,15 +519,10 @@ func TestE2EDurableAcrossDisconnect(t *testing.T) {
 // unacknowledged deliveries go to another member at once": a member that
 // reconnects gets them back well within the (default, 30 s) ack wait.
 //
-// Known hub bug: when the last local member of a durable leaves, the hub
-// NAKs its held deliveries and then stops the consumer (durables.leave):
-// deliveries JetStream hands back meanwhile are stranded in the stopped
-// consumer and only come back after the ack wait. Typically 6 of 10 wait
-// 30 s. Set CAPS_HUB_STRICT=1 to run this test.
+// It guards a fixed hub bug: the last member leaving used to NAK its held
+// deliveries before stopping the consumer, stranding what JetStream handed
+// back meanwhile until the ack wait (typically 6 of 10 waited 30 s).
 func TestE2EDurablePromptRedelivery(t *testing.T) {
-	if os.Getenv("CAPS_HUB_STRICT") == "" {
-		t.Skip("known hub bug: deliveries held by the last member of a durable are stranded until the ack wait when it leaves; set CAPS_HUB_STRICT=1 to run")
-	}
 	th := startHub(t, "", "", nil)
 	ctx := ctxFor(t, 60*time.Second)
 	for round := range 3 {

@@ -380,18 +380,35 @@ func (d *durables) leave(m *durableMember) {
 	g.cond.Broadcast()
 	cc := g.cc
 	g.mu.Unlock()
-	for _, msg := range held {
-		_ = msg.Nak()
-	}
 	if last {
 		d.mu.Lock()
 		if d.groups[g.name] == g {
 			delete(d.groups, g.name)
 		}
 		d.mu.Unlock()
-		if cc != nil {
-			cc.Stop()
-		}
+		// Stop pulling before giving anything back: a NAK while this hub still
+		// pulls would hand the message straight back to this closing group.
+		// Drain (not Stop) so that what is already buffered here reaches the
+		// handler, which NAKs it because the group is closed; Stop would
+		// strand those messages until their ack wait ran out.
+		drain(cc)
+	}
+	for _, msg := range held {
+		_ = msg.Nak()
+	}
+}
+
+// drain stops a consumer subscription and waits (briefly) until its
+// buffered messages have been through the handler.
+func drain(cc jetstream.ConsumeContext) {
+	if cc == nil {
+		return
+	}
+	cc.Drain()
+	select {
+	case <-cc.Closed():
+	case <-time.After(5 * time.Second):
+		cc.Stop()
 	}
 }
 
@@ -409,8 +426,6 @@ func (d *durables) stopAll() {
 		g.cond.Broadcast()
 		cc := g.cc
 		g.mu.Unlock()
-		if cc != nil {
-			cc.Stop()
-		}
+		drain(cc)
 	}
 }
