@@ -221,6 +221,21 @@ func (d *Decoder) scan() ([]byte, error) {
 // can start the next object.
 func (d *Decoder) scanObject() (done bool, err error) {
 	for d.pos < len(d.buf) {
+		if d.sc.state == stString {
+			// Fast path: most bytes are plain string contents.
+			i := d.pos
+			for i < len(d.buf) {
+				if c := d.buf[i]; c == '"' || c == '\\' || c < 0x20 {
+					break
+				}
+				i++
+			}
+			d.off += int64(i - d.pos)
+			d.pos = i
+			if i == len(d.buf) {
+				break
+			}
+		}
 		c := d.buf[d.pos]
 		r := d.sc.step(c)
 		if r == scanError {
