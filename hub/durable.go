@@ -326,7 +326,7 @@ func (s *Session) handleAck(f *protocol.Frame) {
 	m := s.dur[f.ID]
 	s.subMu.Unlock()
 	if m == nil {
-		s.sendErr(f.ID, protocol.CodeNotFound, fmt.Sprintf("no durable subscription %d", f.ID))
+		s.sendAckErr(f, protocol.CodeNotFound, fmt.Sprintf("no durable subscription %d", f.ID))
 		return
 	}
 	g := m.g
@@ -336,7 +336,7 @@ func (s *Session) handleAck(f *protocol.Frame) {
 	g.cond.Broadcast()
 	g.mu.Unlock()
 	if !ok {
-		s.sendErr(f.ID, protocol.CodeNotFound, fmt.Sprintf("sequence %d is not awaiting an ack on this connection (already acknowledged, or redelivered after the ack wait)", f.Seq))
+		s.sendAckErr(f, protocol.CodeNotFound, fmt.Sprintf("sequence %d is not awaiting an ack on this connection (already acknowledged, or redelivered after the ack wait)", f.Seq))
 		return
 	}
 	var err error
@@ -351,7 +351,7 @@ func (s *Session) handleAck(f *protocol.Frame) {
 		err = msg.Ack()
 	}
 	if err != nil {
-		s.sendErr(f.ID, protocol.CodeUnavailable, fmt.Sprintf("ack %d: %v", f.Seq, err))
+		s.sendAckErr(f, protocol.CodeUnavailable, fmt.Sprintf("ack %d: %v", f.Seq, err))
 		return
 	}
 	if f.Flags&protocol.FlagConfirm != 0 {
@@ -428,4 +428,12 @@ func (d *durables) stopAll() {
 		g.mu.Unlock()
 		drain(cc)
 	}
+}
+
+// sendAckErr answers a failed ACK/NAK with an ERR carrying its sid in id and
+// its sequence in seq, so a client can tell it from a request's answer.
+func (s *Session) sendAckErr(f *protocol.Frame, code, text string) {
+	e := protocol.ErrorFrame(f.ID, code, text, false)
+	e.Seq = f.Seq
+	s.sendFrame(e)
 }
