@@ -7,7 +7,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/caps-hub/caps/internal/dashboard"
 	"github.com/caps-hub/caps/internal/parcel"
+	"github.com/caps-hub/caps/web"
 )
 
 func newDemoCmd() *cobra.Command {
@@ -39,6 +41,9 @@ defaults) 10 orders take about half a minute; for a quick run:
 			}
 			cfg.Log = log
 			cfg.Out = cmd.OutOrStdout()
+			if cfg.HTTPAddr != "off" {
+				cfg.Apps = append(cfg.Apps, dashboard.New(dashboard.Options{Assets: web.Dashboard()}))
+			}
 			_, err = parcel.RunDemo(cmd.Context(), cfg)
 			return err
 		},
@@ -52,7 +57,7 @@ defaults) 10 orders take about half a minute; for a quick run:
 	f.DurationVar(&cfg.DeliverDelay, "deliver-delay", 3*time.Second, "a driver's time from in-transit to delivered")
 	f.IntVar(&cfg.Capacity, "capacity", 5, "orders each driver carries at once")
 	f.DurationVar(&cfg.Timeout, "timeout", 0, "give up after this long (default: enough for the orders at this pace, plus a minute)")
-	f.StringVar(&cfg.HTTPAddr, "http", "off", `HTTP address for the hub's dashboard and metrics ("off" serves none)`)
+	f.StringVar(&cfg.HTTPAddr, "http", "off", `HTTP address for the dashboard and metrics, e.g. 127.0.0.1:8080 ("off" serves none)`)
 	f.BoolVar(&cfg.Events, "events", false, "print the hub's EVENT lines too")
 	f.StringVar(&cfg.EventLog, "event-log", "", "keep the logger's JSON lines in this file")
 	return cmd

@@ -33,6 +33,9 @@ type DemoConfig struct {
 	Timeout time.Duration
 	// HTTPAddr for the embedded hub ("off", the default, serves none).
 	HTTPAddr string
+	// Apps are served by the embedded hub besides the parcel dispatcher
+	// (the caps demo command adds the dashboard when HTTP is on).
+	Apps []hub.App
 	// Events prints the hub's EVENT lines too.
 	Events bool
 	// EventLog is where the logger writes its JSON lines (default: a file in
@@ -121,7 +124,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	h := hub.New(hub.Config{
 		Addr: "127.0.0.1:0", HTTPAddr: cfg.HTTPAddr, DataDir: dir, Name: "demo",
 		Quiet: !cfg.Events, EventOut: out, Logger: cfg.Log,
-		Apps: []hub.App{disp},
+		Apps: append([]hub.App{disp}, cfg.Apps...),
 	})
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
 	hubDone := make(chan error, 1)
@@ -141,6 +144,9 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	addr := h.Addr().String()
 	fmt.Fprintf(out, "DEMO: hub on %s; %d vendors, %d drivers, %d orders, one every %s per vendor\n",
 		addr, cfg.Vendors, cfg.Drivers, cfg.Orders, cfg.Interval)
+	if ha := h.HTTPAddr(); ha != nil {
+		fmt.Fprintf(out, "DEMO: dashboard at http://%s/\n", ha)
+	}
 
 	base := ClientConfig{Hub: []string{addr}, Out: out, Log: cfg.Log, Timeout: 30 * time.Second}
 	runCtx, stopRun := context.WithTimeout(ctx, cfg.Timeout)
