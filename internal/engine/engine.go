@@ -450,7 +450,7 @@ func (e *Engine) monitor(ctx context.Context, every time.Duration) {
 		}
 		fails++
 		if fails >= 2 && e.jsOK.Swap(false) {
-			e.log.Warn("engine: JetStream unavailable: stored publishes are refused and durable deliveries pause until it returns; "+
+			e.log.Warn("engine: JetStream unavailable: stored publishes fail (clients are told \"unavailable\") and durable deliveries pause until it returns; "+
 				e.notReadyReason(err), "err", err)
 		}
 	}
