@@ -54,6 +54,12 @@ type Session struct {
 	wake     chan struct{}
 	done     chan struct{}
 	closeErr error
+	// writing: a write loop is running. It runs only while there is
+	// something to write (see send), so an idle connection has one
+	// goroutine, its reader, instead of two.
+	writing bool
+	// connDone is closed once the write loop has flushed and closed the connection.
+	connDone chan struct{}
 
 	// Write loop only: the writev vector and, for TLS and WebSocket, the
 	// buffer a batch is copied into, kept from one batch to the next.
@@ -89,9 +95,10 @@ func (h *Hub) serveConn(c net.Conn, dialect string) {
 	s := &Session{
 		hub:  h,
 		conn: c,
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
-		live: map[uint64]*topicSub{},
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		connDone: make(chan struct{}),
+		live:     map[uint64]*topicSub{},
 		dur:  map[uint64]*durableMember{},
 	}
 	s.info.Remote = c.RemoteAddr().String()
@@ -124,7 +131,9 @@ func (h *Hub) serveConn(c net.Conn, dialect string) {
 		h.serveLegacy(s, br, false)
 		return
 	}
-	rd := protocol.NewReader(br, h.cfg.MaxFrame)
+	// A small first buffer: most connections are idle most of the time, and
+	// the reader grows it for big frames and busy streams.
+	rd := protocol.NewReaderSize(br, h.cfg.MaxFrame, 512)
 	if !s.handshake(rd) {
 		c.Close()
 		return
@@ -142,11 +151,9 @@ func (h *Hub) runSession(s *Session, read func() error) {
 	h.log.Debug("client connected", "id", s.info.ID, "role", s.info.Role, "name", s.info.Name, "remote", s.info.Remote)
 	h.clientEvent("client.connected", s)
 
-	writerDone := make(chan struct{})
-	go func() { defer close(writerDone); s.writeLoop() }()
 	err := read()
 	s.closeWith(nil, err)
-	<-writerDone
+	<-s.connDone
 	s.cleanup()
 
 	h.mu.Lock()
@@ -459,7 +466,13 @@ func (s *Session) send(b []byte) bool {
 	}
 	s.out = append(s.out, b)
 	s.outBytes += len(b)
+	start := !s.writing
+	s.writing = true
 	s.mu.Unlock()
+	if start {
+		go s.writeLoop()
+		return true
+	}
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -500,19 +513,28 @@ func (s *Session) closeWith(last *protocol.Frame, reason error) bool {
 			s.out = append(s.out, b)
 		}
 	}
+	start := !s.writing // someone must flush and close the connection
+	s.writing = true
 	s.mu.Unlock()
 	close(s.done)
+	if start {
+		go s.writeLoop()
+	}
 	return true
 }
 
-// writeLoop writes queued frames, many per system call, until the session
-// closes; then it flushes what is left (within a deadline) and closes the
-// connection, which also ends the read loop.
+// writerLinger is how long a write loop with nothing to write waits for
+// more before it ends (send starts another when needed).
+const writerLinger = time.Second
+
+// writeLoop writes queued frames, many per system call. send starts it when
+// a frame is queued and none is running; it ends after writerLinger with
+// nothing to write. When the session closes it flushes what is left (within
+// a deadline) and closes the connection, which also ends the read loop.
 func (s *Session) writeLoop() {
-	defer s.conn.Close()
+	var linger *time.Timer
 	for {
 		select {
-		case <-s.wake:
 		case <-s.done:
 			s.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 			s.flushQueue()
@@ -520,13 +542,37 @@ func (s *Session) writeLoop() {
 				// Let the peer read the final frame before it sees the close.
 				tc.CloseWrite()
 			}
+			s.conn.Close()
+			close(s.connDone)
 			return
+		default:
 		}
 		s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		if err := s.flushQueue(); err != nil {
-			s.closeWith(nil, fmt.Errorf("write: %w", err))
+			s.closeWith(nil, fmt.Errorf("write: %w", err)) // writing stays set: no other loop starts
+			s.conn.Close()
+			close(s.connDone)
 			return
 		}
+		if linger == nil {
+			linger = time.NewTimer(writerLinger)
+		} else {
+			linger.Reset(writerLinger)
+		}
+		select {
+		case <-s.wake:
+			continue
+		case <-s.done:
+			continue
+		case <-linger.C:
+		}
+		s.mu.Lock()
+		if len(s.out) == 0 && !s.closing {
+			s.writing = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
 	}
 }
 
