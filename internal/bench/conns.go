@@ -127,7 +127,9 @@ func (e *env) conns(ctx context.Context, tg *target) (res Result, err error) {
 	collect()
 	after, merr2 := scrape(ctx, metricsURL)
 	if o.MemProfile != "" && gcURL != "" && strings.HasSuffix(gcURL, "/debug/gc") {
-		saveURL(ctx, strings.TrimSuffix(gcURL, "/debug/gc")+"/debug/pprof/heap", o.MemProfile+".hub")
+		base := strings.TrimSuffix(gcURL, "/debug/gc")
+		saveURL(ctx, base+"/debug/pprof/heap", o.MemProfile+".hub")
+		saveURL(ctx, base+"/debug/pprof/goroutine?debug=1", o.MemProfile+".hub-goroutines.txt")
 	}
 	if merr != nil || merr2 != nil {
 		res.MemoryNote = fmt.Sprintf("no metrics from %s: %v", metricsURL, errors.Join(merr, merr2))
@@ -252,7 +254,10 @@ func handshake(ctx context.Context, addr string, hello []byte) (net.Conn, int, e
 	return c, w.HeartbeatMS, nil
 }
 
-// keepAlive pings every connection each half heartbeat from one goroutine.
+// keepAlive pings every connection from one goroutine a little more often
+// than the hub's dead-peer limit (twice its heartbeat) requires. Not more
+// often: each PONG wakes the connection's write side in the hub for a moment,
+// and the point is to measure idle connections.
 func keepAlive(conns []net.Conn, hb time.Duration) (stop func()) {
 	if hb <= 0 {
 		return func() {}
@@ -263,7 +268,7 @@ func keepAlive(conns []net.Conn, hb time.Duration) (stop func()) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(hb / 2)
+		t := time.NewTicker(hb * 9 / 10)
 		defer t.Stop()
 		for {
 			select {
