@@ -71,6 +71,10 @@ type Session struct {
 	live  map[uint64]*topicSub
 	dur   map[uint64]*durableMember
 	nsubs int
+
+	// hello is the HELLO that proved ident, kept so the credentials can be
+	// checked again when the auth file is reloaded (Hub.Reauthenticate).
+	hello protocol.Hello
 }
 
 // serveConn runs one connection from first byte to close.
@@ -198,6 +202,7 @@ func (s *Session) handshake(rd *protocol.Reader) bool {
 		s.refuse(protocol.CodeAuth, err.Error())
 		return false
 	}
+	s.hello = hello
 	if err := s.establish(id, hello.Resume); err != nil {
 		code, text := errCode(err, protocol.CodeForbidden)
 		s.refuse(code, text)

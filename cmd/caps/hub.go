@@ -68,7 +68,9 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 				return err
 			}
 			cfg.Apps = append(cfg.Apps, apps...)
-			return hub.New(cfg).Run(cmd.Context())
+			h := hub.New(cfg)
+			sec.attach(h)
+			return h.Run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -18,11 +19,16 @@ import (
 // hubSecurity holds `caps hub`'s authentication and TLS flags.
 type hubSecurity struct {
 	authFile, tlsCert, tlsKey string
+	// hub, once attached, re-checks its sessions after each reload.
+	hub atomic.Pointer[hub.Hub]
 }
+
+// attach tells the SIGHUP reloader which hub's sessions to re-check.
+func (s *hubSecurity) attach(h *hub.Hub) { s.hub.Store(h) }
 
 func (s *hubSecurity) addFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&s.authFile, "auth", "", "token file (YAML) clients must authenticate against; reloaded on SIGHUP (see: caps token new)")
+	f.StringVar(&s.authFile, "auth", "", "token file (YAML) clients must authenticate against; reloaded on SIGHUP, closing sessions whose token was revoked or changed (see: caps token new)")
 	f.StringVar(&s.tlsCert, "tls-cert", "", "serve TCP and HTTP over TLS with this certificate (PEM; see: caps cert)")
 	f.StringVar(&s.tlsKey, "tls-key", "", "private key (PEM) of --tls-cert")
 }
@@ -66,7 +72,11 @@ func (s *hubSecurity) apply(ctx context.Context, cfg *hub.Config) error {
 					log.Error("auth file not reloaded; the previous tokens stay in force", "err", err)
 					continue
 				}
-				log.Info("auth file reloaded", "file", s.authFile, "tokens", a.Tokens())
+				closed := 0
+				if h := s.hub.Load(); h != nil {
+					closed = h.Reauthenticate()
+				}
+				log.Info("auth file reloaded", "file", s.authFile, "tokens", a.Tokens(), "sessions_closed", closed)
 			}
 		}
 	}()

@@ -99,6 +99,14 @@ func dial(ctx context.Context, cfg ClientConfig, role, name string) (*session, e
 		return nil, fmt.Errorf("%w: %s not reachable within %s (%v)", ErrUnreachable, strings.Join(cfg.Hub, ","), cfg.Timeout, err)
 	}
 	s.Conn = c
+	// A Conn that gives up by itself (the hub refused this identity on a
+	// reconnect: a revoked token) ends the client like an unreachable hub.
+	go func() {
+		<-c.Done()
+		if err := c.Err(); err != nil && !errors.Is(err, client.ErrClosed) {
+			s.fail(fmt.Errorf("connection to %s ended: %w", strings.Join(cfg.Hub, ","), err))
+		}
+	}()
 	return s, nil
 }
 
