@@ -106,7 +106,8 @@ func BenchmarkFanoutHandler(b *testing.B) {
 			members := make([]*Session, n)
 			for i := range members {
 				members[i] = &Session{hub: h, wake: make(chan struct{}, 1), done: make(chan struct{}),
-					perms: defaultPolicy()["client"].compile(Identity{Role: "client", Name: fmt.Sprint("s", i)})}
+					perms:   defaultPolicy()["client"].compile(Identity{Role: "client", Name: fmt.Sprint("s", i)}),
+					writing: true} // no socket: the benchmark empties the queues itself
 			}
 			ts := &topicSub{sid: 7, pattern: "bench.x"}
 			ts.members.Store(&members)
