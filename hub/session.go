@@ -97,13 +97,13 @@ func (h *Hub) serveConn(c net.Conn, dialect string) {
 		c.SetDeadline(time.Time{})
 	}
 	s := &Session{
-		hub:  h,
-		conn: c,
+		hub:      h,
+		conn:     c,
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		connDone: make(chan struct{}),
 		live:     map[uint64]*topicSub{},
-		dur:  map[uint64]*durableMember{},
+		dur:      map[uint64]*durableMember{},
 	}
 	s.info.Remote = c.RemoteAddr().String()
 	s.info.Hub = h.cfg.Name
