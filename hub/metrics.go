@@ -87,6 +87,15 @@ func (m *Metrics) observe(h *Hub) {
 			}
 			return 0
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caps_jetstream_available",
+			Help: "1 while JetStream answers (it does not on the minority side of a partition), else 0 (stored publishes fail).",
+		}, func() float64 {
+			if h.eng != nil && h.eng.JetStreamAvailable() {
+				return 1
+			}
+			return 0
+		}),
 		newQueueCollector(h),
 	)
 }

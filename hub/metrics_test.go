@@ -104,6 +104,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		`caps_publishes_total{kind="live"} 1`,
 		`caps_store_publish_seconds_count 2`,
 		`caps_engine_ready 1`,
+		`caps_jetstream_available 1`,
 		`caps_sockets_open 1`,
 		"caps_frames_in_total", "caps_frames_out_total", "caps_bytes_in_total", "caps_bytes_out_total",
 		"caps_outbound_queued_bytes ", "caps_outbound_queued_frames ", "caps_outbound_queued_bytes_max ",

@@ -101,6 +101,9 @@ func TestEngineOutage(t *testing.T) {
 	if v := metric(t, h, "caps_engine_ready"); v != 0 {
 		t.Fatalf("caps_engine_ready = %v during the outage", v)
 	}
+	if v := metric(t, h, "caps_jetstream_available"); v != 0 {
+		t.Fatalf("caps_jetstream_available = %v during the outage", v)
+	}
 	for i, topic := range []string{"store.b", "live.b"} {
 		f := pub.expect(&protocol.Frame{Op: protocol.OpPub, ID: uint64(10 + i), Topic: []byte(topic), Payload: []byte("during")}, protocol.OpErr, protocol.CodeUnavailable)
 		if f.Flags&protocol.FlagFatal != 0 || f.ID != uint64(10+i) {
