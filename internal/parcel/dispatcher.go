@@ -23,6 +23,11 @@ const (
 	BucketName = "CAPS_ORDERS"
 	// TrackService answers REQ frames with an order's timeline.
 	TrackService = "parcel.track"
+	// HeldService answers a driver with the orders it carries in transit,
+	// so a driver that restarts under its name delivers them.
+	HeldService = "parcel.held"
+	// HeldBucket indexes the orders in transit by driver ("<driver>.<orderID>").
+	HeldBucket = "CAPS_HELD"
 	// DriversDurable is the durable subscription drivers share: the work queue.
 	DriversDurable = "drivers"
 )
@@ -54,7 +59,8 @@ type Dispatcher struct {
 	opts    Options
 	host    *hub.Host
 	kv      jetstream.KeyValue
-	metrics *orderMetrics // internal/parcel/metrics.go
+	held    jetstream.KeyValue // orders in transit, by driver
+	metrics *orderMetrics      // internal/parcel/metrics.go
 }
 
 // NewDispatcher returns the parcel application, to be put in hub.Config.Apps.
@@ -80,6 +86,9 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 		return fmt.Errorf("orders bucket: %w", err)
 	}
 	d.kv = kv
+	if d.held, err = h.Engine().EnsureKV(ctx, engine.KVSpec{Bucket: HeldBucket, TTL: d.opts.OrderTTL}); err != nil {
+		return fmt.Errorf("held bucket: %w", err)
+	}
 	if d.metrics, err = newOrderMetrics(h.Metrics()); err != nil {
 		return fmt.Errorf("order metrics: %w", err)
 	}
@@ -108,6 +117,7 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	h.OnPublish(topicRoot+".>", d.onPublish)
 	h.OnDeliver(Topic(EventPickup, "*"), d.onDeliver)
 	h.Handle(TrackService, d.track)
+	h.Handle(HeldService, d.heldBy)
 	return nil
 }
 
@@ -180,15 +190,64 @@ func (d *Dispatcher) advance(ctx context.Context, s hub.SessionInfo, to Status, 
 		if n == nil {
 			return nil // a retry of the transition already made
 		}
+		// The index first: an entry whose order did not move is ignored
+		// (and dropped) by heldBy; a missing one would strand the parcel.
+		hk := heldKey(s.Name, p.OrderID)
+		if to == StatusInTransit {
+			if _, err := d.held.Put(ctx, hk, nil); err != nil {
+				return unavailable(err)
+			}
+		}
 		if err := d.put(ctx, n, rev); err != nil {
 			if isConflict(err) {
 				continue // changed meanwhile (a hand-over, another hub): judge again
 			}
 			return unavailable(err)
 		}
+		if to == StatusDelivered {
+			if err := d.held.Delete(ctx, hk); err != nil {
+				d.host.Logger().Debug("drop held index entry", "key", hk, "err", err)
+			}
+		}
 		return nil
 	}
 	return unavailable(errContention)
+}
+
+func heldKey(driver, orderID string) string { return driver + "." + orderID }
+
+// heldBy answers parcel.held: the orders the calling driver carries in
+// transit, as a JSON array. A driver that died with parcels in its van asks
+// when it comes back, and delivers them.
+func (d *Dispatcher) heldBy(ctx context.Context, s hub.SessionInfo, _ []byte) ([]byte, error) {
+	if s.Role != protocol.RoleDriver {
+		return nil, hub.Reject(protocol.CodeForbidden, fmt.Sprintf("%s %s is not a driver", s.Role, s.Name))
+	}
+	lister, err := d.held.ListKeysFiltered(ctx, s.Name+".*")
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	var keys []string
+	for k := range lister.Keys() { // read them all: the lister's goroutine waits on us
+		keys = append(keys, k)
+	}
+	orders := []*Order{}
+	for _, k := range keys {
+		id := strings.TrimPrefix(k, s.Name+".")
+		o, _, err := d.get(ctx, id)
+		switch {
+		case err == nil && o.Driver == s.Name && o.Status == StatusInTransit:
+			orders = append(orders, o.public())
+			continue
+		case err == nil && o.Driver == s.Name && (o.Status == StatusPickup || o.Status == StatusAssigned):
+			continue // its in-transit is being recorded right now
+		case err != nil && !errors.Is(err, jetstream.ErrKeyNotFound):
+			return nil, unavailable(err)
+		}
+		// Delivered, expired, or never moved: not in this driver's van.
+		_ = d.held.Delete(ctx, k)
+	}
+	return json.Marshal(orders)
 }
 
 // onDeliver records which driver a pickup is handed to: that driver now

@@ -2,6 +2,7 @@ package parcel
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -35,8 +36,10 @@ type DriverConfig struct {
 // "DRIVER[<name>]: picked up <orderID>", waits DeliverDelay, reports
 // delivered and prints "DRIVER[<name>]: delivered <orderID>". Each pickup is
 // acknowledged once the hub has accepted its in-transit, so a driver that
-// vanishes before that has its pickups handed to another driver. An event
-// the hub refuses (the order was handed over meanwhile) drops the order.
+// vanishes before that has its pickups handed to another driver; parcels it
+// had in transit wait for it, and it delivers them when it starts again under
+// the same name. An event the hub refuses (the order was handed over
+// meanwhile) drops the order.
 //
 // When ctx ends the driver stops taking pickups (those not yet in transit go
 // back to the queue at once), delivers the parcels already in transit, and
@@ -73,6 +76,8 @@ func RunDriver(ctx context.Context, cfg DriverConfig) error {
 		slots: make(chan struct{}, cfg.Capacity),
 		jobs:  map[string]*job{},
 	}
+	// Parcels already in the van first, then new pickups.
+	d.resume(ctx)
 	sub, err := s.Subscribe(ctx, Topic(EventPickup, "*"), d.onPickup,
 		client.Durable(DriversDurable), client.ManualAck(), client.MaxInFlight(cfg.Capacity), client.DeliverAll())
 	if err != nil {
@@ -158,6 +163,36 @@ func (d *driver) onPickup(m *client.Msg) {
 	go d.run(j)
 }
 
+// resume asks the hub for the parcels this driver already carries in
+// transit (it stopped, or died, before delivering them) and delivers them.
+func (d *driver) resume(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+	defer cancel()
+	b, err := d.s.Request(rctx, HeldService, nil)
+	if err != nil {
+		d.cfg.Log.Warn("could not ask the hub for parcels left in transit", "driver", d.cfg.Name, "err", err)
+		return
+	}
+	var orders []Order
+	if err := json.Unmarshal(b, &orders); err != nil {
+		d.cfg.Log.Warn("unreadable answer to "+HeldService, "err", err)
+		return
+	}
+	for _, o := range orders {
+		d.mu.Lock()
+		if d.stopping || d.jobs[o.OrderID] != nil {
+			d.mu.Unlock()
+			continue
+		}
+		j := &job{ev: Event{Parcel: o.Parcel()}, transit: true}
+		d.jobs[o.OrderID] = j
+		d.wg.Add(1)
+		d.mu.Unlock()
+		d.cfg.Log.Info("resuming a parcel left in transit", "driver", d.cfg.Name, "order", o.OrderID)
+		go d.run(j)
+	}
+}
+
 func (d *driver) run(j *job) {
 	defer d.wg.Done()
 	id := j.ev.OrderID
@@ -174,19 +209,24 @@ func (d *driver) run(j *job) {
 	}
 	defer func() { <-d.slots }()
 
-	if !sleep(d.pickCtx, d.cfg.PickupDelay) {
-		return
-	}
 	ev := Event{Parcel: j.ev.Parcel, Driver: d.cfg.Name, Time: time.Now().UTC()}
-	// Once started, the in-transit report is seen through even if the
-	// driver is told to stop: it may already be accepted, and then the
-	// parcel is ours to deliver.
-	if err := d.report(d.deliverCtx, EventInTransit, ev); err != nil {
-		d.settle(j, err)
-		return
+	d.mu.Lock()
+	resumed := j.transit // already in transit when this driver started
+	d.mu.Unlock()
+	if !resumed {
+		if !sleep(d.pickCtx, d.cfg.PickupDelay) {
+			return
+		}
+		// Once started, the in-transit report is seen through even if the
+		// driver is told to stop: it may already be accepted, and then the
+		// parcel is ours to deliver.
+		if err := d.report(d.deliverCtx, EventInTransit, ev); err != nil {
+			d.settle(j, err)
+			return
+		}
+		d.out.printf("DRIVER[%s]: picked up %s", d.cfg.Name, id)
+		d.settle(j, nil)
 	}
-	d.out.printf("DRIVER[%s]: picked up %s", d.cfg.Name, id)
-	d.settle(j, nil)
 
 	if !sleep(d.deliverCtx, d.cfg.DeliverDelay) {
 		d.cfg.Log.Warn("parcel left in transit", "driver", d.cfg.Name, "order", id)

@@ -13,6 +13,7 @@ import (
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/parcel"
+	"github.com/caps-hub/caps/protocol"
 )
 
 // timeline renders an order's steps as "status/by …".
@@ -69,6 +70,16 @@ func (k *killable) kill() {
 	}
 }
 
+// gone waits for a killed client to return.
+func gone(t *testing.T, ch <-chan error, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not stop", what)
+	}
+}
+
 func TestDriverKilledMidOrderHandsItToAnother(t *testing.T) {
 	th := startHub(t, nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -93,7 +104,7 @@ func TestDriverKilledMidOrderHandsItToAnother(t *testing.T) {
 	eventually(t, 10*time.Second, "alice to hold the order", statusIs(th, id, parcel.StatusAssigned, "alice"))
 	k.kill()
 	killAlice()
-	wait(t, alice, 10*time.Second, "alice")
+	gone(t, alice, "alice") // killed: whatever she says last does not matter
 
 	// Bob joins and finishes it.
 	bob := f.driver(ctx, parcel.DriverConfig{Name: "bob", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
@@ -240,4 +251,70 @@ func TestHubRestartMidRunLosesNothing(t *testing.T) {
 		t.Fatalf("%d orders posted, want 20", n)
 	}
 	f.checkExactlyOnce(context.Background())
+}
+
+func TestDriverRestartDeliversParcelsLeftInTransit(t *testing.T) {
+	th := startHub(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFleet(t, th)
+
+	// Alice reports in-transit, then dies with the parcel in her van.
+	var k killable
+	aliceCtx, killAlice := context.WithCancel(ctx)
+	defer killAlice()
+	ready := make(chan struct{})
+	alice := f.driver(aliceCtx, parcel.DriverConfig{
+		Name: "alice", PickupDelay: time.Millisecond, DeliverDelay: time.Hour, Grace: time.Millisecond,
+		ClientConfig: parcel.ClientConfig{
+			Options: client.Options{Dialer: k.dial, NoReconnect: true},
+			OnReady: func() { close(ready) },
+		},
+	})
+	<-ready
+	firstRun := f.drivers["alice"]
+	vendor := f.vendor(ctx, "acme", 1, time.Millisecond)
+	id := onlyOrder(t, f)
+	eventually(t, 10*time.Second, "alice to have it in transit", func() bool {
+		return statusIs(th, id, parcel.StatusInTransit, "alice")() && firstRun.count("picked up "+id) == 1
+	})
+	k.kill()
+	killAlice()
+	gone(t, alice, "alice") // killed: whatever she says last does not matter
+
+	// Another driver cannot take it: it is in alice's van.
+	bob := f.driver(ctx, parcel.DriverConfig{Name: "bob", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
+
+	// Alice comes back and delivers it.
+	again := f.driver(ctx, parcel.DriverConfig{Name: "alice", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
+	secondRun := f.drivers["alice"]
+	f.waitVendor(vendor, 20*time.Second, "vendor")
+	if got, want := timeline(t, th, id), "pickup/acme assigned/alice in-transit/alice delivered/alice"; got != want {
+		t.Errorf("timeline %q, want %q", got, want)
+	}
+	if firstRun.count("picked up "+id) != 1 || firstRun.count("delivered "+id) != 0 {
+		t.Errorf("alice's first run printed %q", firstRun.Lines())
+	}
+	if secondRun.count("delivered "+id) != 1 || secondRun.count("picked up "+id) != 0 {
+		t.Errorf("alice's second run printed %q", secondRun.Lines())
+	}
+	if n := len(f.drivers["bob"].Lines()); n != 0 {
+		t.Errorf("bob printed %d lines", n)
+	}
+	if f.vendors["acme"].count(thankYou("acme", id)) != 1 {
+		t.Errorf("vendor lines %q", f.vendors["acme"].Lines())
+	}
+	// Nothing left in her van.
+	c := dialAs(t, th, protocol.RoleDriver, "alice")
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	b, err := c.Request(rctx, parcel.HeldService, nil)
+	if err != nil || strings.TrimSpace(string(b)) != "[]" {
+		t.Errorf("held after delivery: %s, %v", b, err)
+	}
+	_, err = dialAs(t, th, protocol.RoleVendor, "acme").Request(rctx, parcel.HeldService, nil)
+	refused(t, "a vendor asking for held parcels", err, protocol.CodeForbidden, "vendor acme")
+	cancel()
+	wait(t, again, 10*time.Second, "alice again")
+	wait(t, bob, 10*time.Second, "bob")
 }
