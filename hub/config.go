@@ -50,7 +50,7 @@ type Config struct {
 	MaxFrame         int           // largest frame accepted (default 1 MiB)
 	MaxSubs          int           // subscriptions per connection (default 1000)
 	MaxPending       int           // outbound bytes queued per connection before it is a slow consumer (default 8 MiB)
-	PubRate          int           // publishes per second per connection (default 5000; <0 unlimited)
+	PubRate          int           // publishes and requests per second per connection (default 5000; <0 unlimited)
 	PubBurst         int           // burst for PubRate (default PubRate)
 	HandshakeTimeout time.Duration // default 5s
 	Heartbeat        time.Duration // ping interval when idle; dead after 2× (default 10s)

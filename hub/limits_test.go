@@ -188,7 +188,27 @@ func TestLimitPublishRate(t *testing.T) {
 	if got := metric(t, h, "caps_errors_total", "code", protocol.CodeRateLimited); got != float64(limited) {
 		t.Fatalf("rate_limited counted %v, sent %d", got, limited)
 	}
-	// Still connected.
+	// Still connected; requests share the same budget (the bucket may
+	// have refilled a little meanwhile, so send more than it can hold).
+	buf.Reset()
+	for i := uint64(1); i <= 50; i++ {
+		buf.Write((&protocol.Frame{Op: protocol.OpReq, ID: n + i, Topic: []byte("any.service")}).Encode())
+	}
+	r.c.Write(buf.Bytes())
+	limited = 0
+	for range 50 {
+		f := r.nextOp()
+		switch {
+		case f.Op == protocol.OpErr && string(f.Topic) == protocol.CodeRateLimited:
+			limited++
+		case f.Op == protocol.OpErr && string(f.Topic) == protocol.CodeNotFound: // within the budget: no such service
+		default:
+			t.Fatalf("request: unexpected %s", f)
+		}
+	}
+	if limited == 0 {
+		t.Fatal("50 requests at once were not rate limited")
+	}
 	r.send(&protocol.Frame{Op: protocol.OpPing})
 	if f := r.nextOp(); f.Op != protocol.OpPong {
 		t.Fatalf("want PONG, got %s", f)

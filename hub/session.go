@@ -416,6 +416,12 @@ func (h *Hub) checkPublishAs(ctx context.Context, info SessionInfo, p *perms, to
 
 func (s *Session) handleReq(f *protocol.Frame) {
 	h := s.hub
+	// Requests share the publish rate: a service call costs the hub (and
+	// often the engine) at least as much as a publish.
+	if s.limiter != nil && !s.limiter.Allow() {
+		s.sendErr(f.ID, protocol.CodeRateLimited, fmt.Sprintf("more than %d publishes and requests per second", h.cfg.PubRate))
+		return
+	}
 	fn, ok := h.services[string(f.Topic)]
 	if !ok {
 		s.sendErr(f.ID, protocol.CodeNotFound, fmt.Sprintf("no service %q", f.Topic))

@@ -92,7 +92,7 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.IntVar(&cfg.MaxFrame, "max-frame", 1<<20, "maximum frame size in bytes")
 	f.IntVar(&cfg.MaxSubs, "max-subs", 1000, "maximum subscriptions per connection")
 	f.IntVar(&cfg.MaxPending, "max-pending", 8<<20, "outbound bytes queued per connection before it is cut off as a slow consumer")
-	f.IntVar(&cfg.PubRate, "pub-rate", 5000, "publishes per second per connection (-1 = unlimited)")
+	f.IntVar(&cfg.PubRate, "pub-rate", 5000, "publishes and requests per second per connection (-1 = unlimited)")
 	f.IntVar(&cfg.PubBurst, "pub-burst", 0, "publishes a connection may make at once above --pub-rate (default: one second's worth)")
 	f.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time a new connection has to send HELLO")
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", 10*time.Second, "ping idle connections this often; drop them after twice this")
