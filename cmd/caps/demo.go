@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/caps-hub/caps/internal/chat"
 	"github.com/caps-hub/caps/internal/dashboard"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/web"
@@ -42,7 +43,8 @@ defaults) 10 orders take about half a minute; for a quick run:
 			cfg.Log = log
 			cfg.Out = cmd.OutOrStdout()
 			if cfg.HTTPAddr != "off" {
-				cfg.Apps = append(cfg.Apps, dashboard.New(dashboard.Options{Assets: web.Dashboard()}))
+				// With the dashboard on, its chat panel needs the chat app too.
+				cfg.Apps = append(cfg.Apps, chat.NewApp(chat.AppConfig{}), dashboard.New(dashboard.Options{Assets: web.Dashboard()}))
 			}
 			_, err = parcel.RunDemo(cmd.Context(), cfg)
 			return err
