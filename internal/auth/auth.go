@@ -121,7 +121,10 @@ func Parse(b []byte) (*File, error) {
 func parse(b []byte) (*table, error) {
 	var f File
 	if err := yaml.UnmarshalWithOptions(b, &f, yaml.Strict()); err != nil {
-		return nil, fmt.Errorf("not a valid auth file: %w", err)
+		// One line ("[line:column] what"), without the quoted source the
+		// YAML library adds, so it reads well in a log line or on exit.
+		msg := strings.Join(strings.Fields(yaml.FormatError(err, false, false)), " ")
+		return nil, fmt.Errorf("not a valid auth file: %s", msg)
 	}
 	t := &table{entries: f.Tokens, roles: f.Roles}
 	seen := map[string]int{}
