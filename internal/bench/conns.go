@@ -132,7 +132,11 @@ func (e *env) conns(ctx context.Context, tg *target) (res Result, err error) {
 		saveURL(ctx, base+"/debug/pprof/goroutine?debug=1", o.MemProfile+".hub-goroutines.txt")
 	}
 	if merr != nil || merr2 != nil {
-		res.MemoryNote = fmt.Sprintf("no metrics from %s: %v", metricsURL, errors.Join(merr, merr2))
+		err := merr
+		if err == nil {
+			err = merr2
+		}
+		res.MemoryNote = fmt.Sprintf("no metrics: %v; give --metrics URL", err)
 		return res, nil
 	}
 	n := float64(len(held))

@@ -66,7 +66,9 @@ func WriteTable(w io.Writer, rows []Result) error {
 		if r.Lost > 0 {
 			fmt.Fprintf(w, "  %s on %s: %d lost\n", r.Scenario, r.Target, r.Lost)
 		}
-		if r.Conns > 0 {
+		if r.Conns > 0 && r.HeapPerConnB == 0 && r.RSSPerConnB == 0 {
+			fmt.Fprintf(w, "  conns on %s: %d connections in %.2fs; hub memory unknown (%s)\n", r.Target, r.Count, r.ConnectSeconds, r.MemoryNote)
+		} else if r.Conns > 0 {
 			fmt.Fprintf(w, "  conns on %s: %d connections in %.2fs; hub memory per connection: %s heap+stack (%s of it stacks), %s resident; %.1f goroutines each",
 				r.Target, r.Count, r.ConnectSeconds, bytesStr(r.HeapPerConnB), bytesStr(r.StackPerConnB), bytesStr(r.RSSPerConnB), r.HubGoroutinesPC)
 			if r.MemoryNote != "" {
