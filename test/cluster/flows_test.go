@@ -26,6 +26,7 @@ func runFlows(t *testing.T, r *rig) {
 		name string
 		fn   func(*testing.T, *rig)
 	}{
+		{"StreamsReplicated", flowReplicated},
 		{"LiveAcrossHubs", flowLive},
 		{"QueueGroupAcrossHubs", flowQueueGroup},
 		{"DurableOnceAcrossHubs", flowDurableOnce},
@@ -42,6 +43,28 @@ func runFlows(t *testing.T, r *rig) {
 		if !t.Run(s.name, func(t *testing.T) { s.fn(t, r) }) {
 			// Later steps build on a healthy cluster; stop at the first failure.
 			t.FailNow()
+		}
+	}
+}
+
+// flowReplicated: the hubs chose 3 replicas for every stream and bucket,
+// and the buckets answer reads from their leader (no stale reads).
+func flowReplicated(t *testing.T, r *rig) {
+	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
+	defer cancel()
+	js := r.a.apps.host.Engine().JS
+	for _, name := range []string{"CAPS_CLIENTS", "CAPS_PARCELS", "KV_CAPS_ORDERS", "CHAT_ROOMS", "KV_CHAT_PRESENCE", "CLUSTER_JOBS"} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Errorf("stream %s: %v", name, err)
+			continue
+		}
+		c := s.CachedInfo().Config
+		if c.Replicas != 3 {
+			t.Errorf("stream %s has %d replicas, want 3", name, c.Replicas)
+		}
+		if c.AllowDirect {
+			t.Errorf("stream %s answers direct gets from any replica (stale reads)", name)
 		}
 	}
 }
@@ -216,6 +239,22 @@ func flowNodeDies(t *testing.T, r *rig) {
 	}
 	d := got.dups()
 	t.Logf("jobs per hub: %v; redelivered after the failure (at least once, never lost): %d", got.byWho(), len(d))
+
+	// Stored publishes and deliveries go on through stream leaders, but new
+	// durables (consumers) need the cluster's metadata leader; when the dead
+	// node held it, the survivors elect another within seconds (longer after
+	// a SIGKILL than after a clean stop). The next steps create durables.
+	start = time.Now()
+	for _, h := range []*runningHub{r.a, r.b} {
+		js := h.apps.host.Engine().JS
+		waitFor(t, 2*flowTimeout, "the JetStream metadata leader, asked through "+h.name, func() bool {
+			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			_, err := js.AccountInfo(actx)
+			return err == nil
+		})
+	}
+	t.Logf("JetStream metadata leader answering %s after the last publish", time.Since(start).Round(time.Millisecond))
 }
 
 // flowHubDies: a worker and a publisher connected to hub A with hub B as

@@ -64,10 +64,14 @@ func startInprocCluster(t *testing.T, n int) *inprocCluster {
 		c.urls = append(c.urls, s.ClientURL())
 	}
 	t.Cleanup(func() {
+		start := time.Now()
 		for i := range c.srvs {
 			c.Stop(t, i)
 		}
+		t.Logf("NATS cluster stopped in %s", time.Since(start).Round(time.Millisecond))
 	})
+	start := time.Now()
+	defer func() { t.Logf("NATS cluster of %d ready in %s", n, time.Since(start).Round(time.Millisecond)) }()
 	waitFor(t, startTimeout, "a JetStream meta leader that sees all nodes", func() bool {
 		for _, s := range c.live() {
 			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == n {
