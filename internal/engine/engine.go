@@ -312,6 +312,13 @@ func apiErrorCode(err error) jetstream.ErrorCode {
 	return 0
 }
 
+// electionRule is when a JetStream cluster has a leader. A brand-new cluster
+// (empty stores) elects its first one only once every server named in the
+// routes has joined, as observed with nats-server 2.15: two of three fresh
+// servers wait for the third.
+const electionRule = "a new cluster elects its first leader once all its servers are up and connected to each other by routes, " +
+	"an established one once more than half of them are"
+
 // notReadyReason says in a sentence why JetStream did not answer.
 func (e *Engine) notReadyReason(err error) string {
 	clustered := e.srv != nil && e.srv.JetStreamIsClustered()
@@ -324,13 +331,12 @@ func (e *Engine) notReadyReason(err error) string {
 		errors.Is(err, nats.ErrNoResponders):
 		return "NATS answers but JetStream does not: start nats-server with JetStream (-js, or jetstream {} in its config) and enable it for this account"
 	case clustered:
-		return fmt.Sprintf("the JetStream cluster has no leader yet: it elects one once more than half of its servers are up "+
-			"and connected to each other by routes (this member is connected to %d other member(s) so far; its routes: %s)",
-			e.routedPeers(), strings.Join(e.routes, ", "))
+		return fmt.Sprintf("the JetStream cluster has no leader yet: %s (this member is connected to %d other member(s) so far; its routes: %s)",
+			electionRule, e.routedPeers(), strings.Join(e.routes, ", "))
 	case apiErrorCode(err) == errCodeClusterNotAvail:
-		return "the JetStream cluster has no leader yet: it elects one once more than half of its servers are up and connected to each other by routes"
+		return "the JetStream cluster has no leader yet: " + electionRule
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return "JetStream did not answer in time: a clustered JetStream needs more than half of its servers up to elect a leader"
+		return "JetStream did not answer in time; if it is a cluster, it may have no leader: " + electionRule
 	}
 	return "JetStream is not ready: " + err.Error()
 }

@@ -174,7 +174,7 @@ func placementReason(err error, replicas int) string {
 		return fmt.Sprintf("the cluster cannot place %d replicas now (too few JetStream servers up, or out of storage); "+
 			"if it has fewer than %d servers, start the hub with --replicas 1", replicas, replicas)
 	case errCodeClusterNotAvail:
-		return "the JetStream cluster has no leader: it needs more than half of its servers up"
+		return "the JetStream cluster has no leader: " + electionRule
 	}
 	if errors.Is(err, errNotVisibleYet) {
 		return "the cluster has not finished creating it"
