@@ -166,11 +166,9 @@ func waitFor(ctx context.Context, conns []pubsubConn, get func() uint64, want ui
 	v := get()
 	last, lastChange := v, time.Now()
 	for spins := 0; v < want; spins++ {
-		if spins < 50 {
-			spinYield()
-		} else {
-			time.Sleep(100 * time.Microsecond)
-		}
+		// Out of the way of the goroutines that do the work, but back
+		// within about 100µs (time.Sleep would take a millisecond).
+		shortWait(50 * time.Microsecond)
 		v = get()
 		if v != last {
 			last, lastChange = v, time.Now()
