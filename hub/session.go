@@ -492,14 +492,10 @@ func (s *Session) send(b []byte) bool {
 }
 
 // fail sends a fatal ERR and closes the session once it is written. It
-// reports whether this call closed the session (and so counted the error);
-// a session already closing is left alone.
+// reports whether this call closed the session (and so sent and counted the
+// error); a session already closing is left alone.
 func (s *Session) fail(id uint64, code, text string) bool {
-	if !s.closeWith(protocol.ErrorFrame(id, code, text, true), errors.New(code+": "+text)) {
-		return false
-	}
-	s.hub.metrics.errors.WithLabelValues(code).Inc()
-	return true
+	return s.closeWith(protocol.ErrorFrame(id, code, text, true), errors.New(code+": "+text))
 }
 
 // closeWith queues a last frame (if any, bypassing the queue limit), stops
@@ -513,6 +509,10 @@ func (s *Session) closeWith(last *protocol.Frame, reason error) bool {
 	}
 	s.closing = true
 	s.closeErr = reason
+	if last != nil && last.Op == protocol.OpErr {
+		// Counted before it can be written, so whoever reads it sees it counted.
+		s.hub.metrics.errors.WithLabelValues(string(last.Topic)).Inc()
+	}
 	if last != nil {
 		var b []byte
 		if s.legacy != nil {
