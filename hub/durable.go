@@ -2,6 +2,8 @@ package hub
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"sync"
@@ -55,6 +57,13 @@ type durableMember struct {
 
 var durableNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
+// ConsumerName is the JetStream consumer behind the durable subscription
+// name on pattern (for operators and tools that inspect the engine).
+func ConsumerName(name, pattern string) string {
+	sum := sha256.Sum256([]byte(pattern))
+	return name + "_" + hex.EncodeToString(sum[:6])
+}
+
 func newDurables(h *Hub) *durables {
 	return &durables{h: h, groups: map[string]*durableGroup{}}
 }
@@ -72,6 +81,12 @@ func (d *durables) join(ctx context.Context, s *Session, pattern, name string, f
 	if !d.h.EngineReady() {
 		return nil, Reject(protocol.CodeUnavailable, "the engine is unavailable")
 	}
+	// The consumer is named after the durable name and the pattern together:
+	// one client cannot squat another's durable by creating it first on a
+	// pattern of its own, because a different pattern is a different
+	// consumer. Sharing a durable therefore takes the right to subscribe to
+	// its very pattern.
+	name = ConsumerName(name, pattern)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	g := d.groups[name]
