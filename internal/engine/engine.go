@@ -274,6 +274,11 @@ func (e *Engine) waitReady(ctx context.Context, limit time.Duration) error {
 			}
 			return nil
 		}
+		if e.NC.IsClosed() {
+			// nats.go gives up for good on some refusals (the same
+			// authorization error twice): waiting longer cannot help.
+			return fmt.Errorf("the connection to NATS at %s was closed: %v", e.urls, e.NC.LastError())
+		}
 		if ctx.Err() != nil {
 			if lastErr == nil {
 				lastErr = err
@@ -324,7 +329,11 @@ func (e *Engine) notReadyReason(err error) string {
 	clustered := e.srv != nil && e.srv.JetStreamIsClustered()
 	switch {
 	case !e.NC.IsConnected() && e.srv == nil:
-		return fmt.Sprintf("no NATS server reachable at %s (is nats-server running there, with -js, and the address right?)", e.urls)
+		why := ""
+		if le := e.NC.LastError(); le != nil {
+			why = " (" + le.Error() + ")" // TLS, authorization…
+		}
+		return fmt.Sprintf("no NATS server reachable at %s%s: is nats-server running there, with -js, and the address, TLS and credentials right?", e.urls, why)
 	case !e.NC.IsConnected():
 		return "the embedded NATS server does not accept the hub's connection yet"
 	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount),
