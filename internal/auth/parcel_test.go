@@ -123,14 +123,20 @@ func TestParcelPermissionsWithTokens(t *testing.T) {
 	_, err = d.Publish(ctx, parcel.Topic(parcel.EventPickup, "store-a"), order("store-a"))
 	wantCode(t, err, protocol.CodeForbidden, "driver posting a pickup")
 
-	// Vendor b's durable notifications are b's: a cannot take them over by name.
+	// Vendor b's durable notifications are b's: a cannot take them over by
+	// name. Using b's durable name on its own pattern only gives a a durable
+	// of its own (the consumer is named after name and pattern), and b's
+	// pattern is refused outright.
 	b := dialAs(t, ph.addr, ph.vendorB)
 	if _, err := b.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-b"), nop,
 		client.Durable(parcel.VendorDurable("store-b")), client.ManualAck(), client.DeliverAll()); err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
+	_, err = a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-b"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
 	wantCode(t, err, protocol.CodeForbidden, "vendor a joining vendor b's durable")
+	if _, err := a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck()); err != nil {
+		t.Fatalf("vendor a's own pattern under another durable name: %v", err)
+	}
 
 	_, err = client.Dial(ctx, []string{ph.addr}, client.Options{Role: "admin", Name: "root", Token: ph.bad, NoReconnect: true})
 	wantCode(t, err, protocol.CodeAuth, "an unknown token")
