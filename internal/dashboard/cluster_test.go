@@ -53,7 +53,12 @@ func TestTwoHubs(t *testing.T) {
 		for _, x := range p.People {
 			where[x.Name] = x.Hub
 		}
-		if where["boss"] != "east" || where["westside"] != "west" || where["wanda"] != "west" {
+		// The vendor leaves once its 3 orders are delivered, possibly before
+		// this looks: the driver stays, so it is the one that must be seen.
+		if v, ok := where["westside"]; ok && v != "west" {
+			return fmt.Errorf("people on hubs %v", where)
+		}
+		if where["boss"] != "east" || where["wanda"] != "west" {
 			return fmt.Errorf("people on hubs %v", where)
 		}
 		return nil
