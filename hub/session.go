@@ -220,6 +220,12 @@ func (s *Session) handshake(rd *protocol.Reader) bool {
 		Resumed:     hello.Resume != "",
 	}
 	b, _ := json.Marshal(w)
+	// Registered before the WELCOME leaves, so that once a client is in,
+	// the hub already counts it (auth reloads, /people, shutdown's BYE).
+	// runSession registers it again, harmlessly.
+	h.mu.Lock()
+	h.sessions[s.info.ID] = s
+	h.mu.Unlock()
 	s.writeNow((&protocol.Frame{Op: protocol.OpWelcome, Payload: b}).Encode())
 	return true
 }
