@@ -179,6 +179,14 @@ func (d *durables) start(m *durableMember) {
 		return
 	}
 	g.started = true
+	// Pull no further ahead than the local members can take: a message
+	// pulled here but waiting for room is invisible to other hubs' members
+	// until its ack wait runs out, so one slow worker must not hoard a
+	// backlog that an idle worker elsewhere could have taken.
+	room := 0
+	for _, x := range g.members {
+		room += x.max
+	}
 	g.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -186,7 +194,7 @@ func (d *durables) start(m *durableMember) {
 	if err == nil {
 		var cc jetstream.ConsumeContext
 		cc, err = c.Consume(g.handle,
-			jetstream.PullMaxMessages(64),
+			jetstream.PullMaxMessages(min(max(room, 1), 64)),
 			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 				d.h.log.Debug("durable consume", "durable", g.name, "err", err)
 			}))
