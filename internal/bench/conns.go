@@ -121,7 +121,7 @@ func (e *env) conns(ctx context.Context, tg *target) (res Result, err error) {
 	// The hub answers WELCOME before it has finished with a session (its
 	// client.connected event is stored first): wait until its goroutine
 	// count stops moving before reading its memory.
-	if err := settle(ctx, metricsURL); err != nil {
+	if err := settle(ctx, metricsURL, before[storedPublishes]+float64(len(held))); err != nil {
 		return res, err
 	}
 	collect()
@@ -149,9 +149,14 @@ func (e *env) conns(ctx context.Context, tg *target) (res Result, err error) {
 	return res, nil
 }
 
-// settle waits (at most a minute) until the hub's goroutine count has
-// stayed the same for half a second.
-func settle(ctx context.Context, metricsURL string) error {
+// storedPublishes counts the hub's stored publishes; each new session
+// stores one (its client.connected event) before it starts reading.
+const storedPublishes = `caps_publishes_total{kind="stored"}`
+
+// settle waits (at most a minute) until the hub has stored wantStored
+// publishes, when it reports them, and its goroutine count has stayed the
+// same for half a second.
+func settle(ctx context.Context, metricsURL string, wantStored float64) error {
 	deadline := time.Now().Add(time.Minute)
 	last, stable := -1.0, 0
 	for stable < 5 && time.Now().Before(deadline) {
@@ -159,7 +164,9 @@ func settle(ctx context.Context, metricsURL string) error {
 		if err != nil {
 			return nil // no metrics: nothing to wait for
 		}
-		if g := m["go_goroutines"]; g == last {
+		if n, ok := m[storedPublishes]; ok && n < wantStored {
+			stable = 0
+		} else if g := m["go_goroutines"]; g == last {
 			stable++
 		} else {
 			last, stable = g, 0
@@ -289,7 +296,8 @@ func keepAlive(conns []net.Conn, hb time.Duration) (stop func()) {
 	return func() { close(done); wg.Wait() }
 }
 
-// scrape reads the numeric samples without labels from a Prometheus text page.
+// scrape reads the numeric samples from a Prometheus text page, keyed by
+// name and labels as written (`name{label="v"}`).
 func scrape(ctx context.Context, url string) (map[string]float64, error) {
 	if url == "" {
 		return nil, errors.New("no metrics URL")
@@ -305,10 +313,11 @@ func scrape(ctx context.Context, url string) (map[string]float64, error) {
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		name, val, ok := strings.Cut(line, " ")
-		if !ok || strings.ContainsRune(name, '{') {
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
 			continue
 		}
+		name, val := line[:i], line[i+1:]
 		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
 			out[name] = v
 		}
