@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -13,37 +12,18 @@ import (
 
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/engine"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
 
 // Benchmarks over real loopback TCP against a real hub with its embedded
 // engine: go test ./hub -run '^$' -bench . -benchmem
 
-// benchHub runs a quiet hub without a publish rate limit for a benchmark.
+// perfHub runs a quiet hub without a publish rate limit for a benchmark.
 func perfHub(b *testing.B, apps ...hub.App) *hub.Hub {
 	b.Helper()
 	sync := false // measure the hub, not the disk
-	h := hub.New(hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: b.TempDir(), Quiet: true, Name: "bench",
-		PubRate: -1, SyncAlways: &sync, Apps: apps, Logger: slog.New(slog.DiscardHandler)})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		b.Fatalf("hub did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		b.Fatal("hub did not start in 30s")
-	}
-	b.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			b.Error("hub did not stop in 20s")
-		}
-	})
-	return h
+	return hubtest.Start(b, hub.Config{Name: "bench", PubRate: -1, SyncAlways: &sync, Apps: apps}).Hub
 }
 
 // perfConn is a raw protocol connection for benchmarks (no client library,

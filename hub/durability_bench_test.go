@@ -1,16 +1,15 @@
 package hub_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -84,24 +83,8 @@ func benchStoredPublish(b *testing.B, syncAlways bool, conns int) {
 // benchHub runs a hub (embedded engine in a temp dir) for a benchmark.
 func benchHub(tb testing.TB, cfg hub.Config) *hub.Hub {
 	tb.Helper()
-	cfg.Addr, cfg.HTTPAddr, cfg.DataDir, cfg.Quiet, cfg.Name = "127.0.0.1:0", "off", tb.TempDir(), true, "bench"
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	h := hub.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		tb.Fatalf("hub did not start: %v", err)
-	}
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("hub run: %v", err)
-		}
-	})
-	return h
+	cfg.Name = "bench"
+	return hubtest.Start(tb, cfg).Hub
 }
 
 type benchConn struct {

@@ -10,48 +10,22 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go and nats-server keep a few process-wide goroutines alive.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-	)
+	goleak.VerifyTestMain(m, hubtest.LeakOptions()...)
 }
 
 // startHub runs a hub with an embedded engine in a temp dir until the test ends.
 func startHub(t *testing.T, mod func(*hub.Config)) *hub.Hub {
 	t.Helper()
-	cfg := hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "test"}
+	var cfg hub.Config
 	if mod != nil {
 		mod(&cfg)
 	}
-	h := hub.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		t.Fatalf("hub did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("hub did not start in 30s")
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("hub run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("hub did not stop in 20s")
-		}
-	})
-	return h
+	return hubtest.Start(t, cfg).Hub
 }
 
 // rawConn is a test client speaking frames by hand.

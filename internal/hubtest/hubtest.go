@@ -1,0 +1,96 @@
+// Package hubtest runs real hubs for tests and benchmarks: loopback
+// listeners, an embedded engine in a temporary directory, started and
+// stopped with the test. Every package's end-to-end tests use it, so there
+// is one way to bring a hub up and down.
+package hubtest
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/caps-hub/caps/hub"
+)
+
+// Hub is a running hub and the means to stop it.
+type Hub struct {
+	*hub.Hub
+	stop func()
+}
+
+// AddrString is the hub's CAPS address as host:port.
+func (h *Hub) AddrString() string { return h.Addr().String() }
+
+// Stop shuts the hub down gracefully and reports a failed shutdown to the
+// test. It is idempotent and also runs when the test ends.
+func (h *Hub) Stop() { h.stop() }
+
+// Start runs a hub configured by cfg until Stop or the end of the test.
+// Empty fields get test defaults: Addr 127.0.0.1:0, HTTP off, a temporary
+// data directory (unless NATSURLs is set), EVENT lines off, logs discarded,
+// name "test".
+func Start(tb testing.TB, cfg hub.Config) *Hub {
+	tb.Helper()
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "off"
+	}
+	if cfg.DataDir == "" && cfg.NATSURLs == "" {
+		cfg.DataDir = tb.TempDir()
+	}
+	if cfg.EventOut == nil {
+		cfg.Quiet = true
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Name == "" {
+		cfg.Name = "test"
+	}
+	h := hub.New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	select {
+	case <-h.Ready():
+	case err := <-done:
+		cancel()
+		tb.Fatalf("hub did not start: %v", err)
+	case <-time.After(60 * time.Second):
+		cancel()
+		tb.Fatal("hub did not start in 60s")
+	}
+	var once sync.Once
+	th := &Hub{Hub: h}
+	th.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					tb.Errorf("hub run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				tb.Error("hub did not stop in 30s")
+			}
+		})
+	}
+	tb.Cleanup(th.stop)
+	return th
+}
+
+// LeakOptions are the goroutines goleak must not blame on a test: the
+// process-wide ones nats-server and nats.go keep for their lifetime.
+func LeakOptions() []goleak.Option {
+	return []goleak.Option{
+		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
+		goleak.IgnoreTopFunction("time.Sleep"),
+	}
+}
