@@ -10,7 +10,6 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/big"
 	"net"
 	"slices"
@@ -21,6 +20,7 @@ import (
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/engine"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -52,47 +52,12 @@ func startHub(t *testing.T, dir, addr string, mod func(*hub.Config)) *testHub {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	cfg := hub.Config{
-		Addr: addr, HTTPAddr: "off", DataDir: dir, Quiet: true, Name: "e2e",
-		Logger: slog.New(slog.DiscardHandler),
-		Apps:   []hub.App{testApp{}},
-	}
+	cfg := hub.Config{Addr: addr, DataDir: dir, Name: "e2e", Apps: []hub.App{testApp{}}}
 	if mod != nil {
 		mod(&cfg)
 	}
-	h := hub.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		cancel()
-		t.Fatalf("hub did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		t.Fatal("hub did not start in 30s")
-	}
-	th := &testHub{t: t, h: h, dir: dir, addr: h.Addr().String()}
-	var once sync.Once
-	th.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("hub run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("hub did not stop in 30s")
-			}
-		})
-	}
-	t.Cleanup(th.stop)
-	return th
+	h := hubtest.Start(t, cfg)
+	return &testHub{t: t, h: h.Hub, dir: dir, addr: h.Addr().String(), stop: h.Stop}
 }
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"log/slog"
 	"net"
 	"slices"
@@ -18,13 +19,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// The end-to-end tests run hubs with an embedded nats-server, which
-		// keeps a few process-wide goroutines alive (as in hub's own tests).
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-	)
+	// The end-to-end tests run hubs with an embedded nats-server, which
+	// keeps a few process-wide goroutines alive.
+	goleak.VerifyTestMain(m, hubtest.LeakOptions()...)
 }
 
 func testCtx(t *testing.T) context.Context {
