@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/auth"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/protocol"
 )
@@ -52,19 +52,7 @@ func startParcelHub(t *testing.T) parcelHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := hub.New(hub.Config{
-		Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "auth",
-		Logger: slog.New(slog.DiscardHandler), Auth: a, Apps: []hub.App{parcel.NewDispatcher(parcel.Options{})},
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		t.Fatalf("hub: %v", err)
-	}
-	t.Cleanup(func() { cancel(); <-done })
+	h := hubtest.Start(t, hub.Config{Name: "auth", Auth: a, Apps: []hub.App{parcel.NewDispatcher(parcel.Options{})}})
 	ph.addr = h.Addr().String()
 	return ph
 }

@@ -15,16 +15,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go and nats-server keep a few process-wide goroutines alive.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-	)
+	// nats.go and nats-server keep a few process-wide goroutines alive.
+	goleak.VerifyTestMain(m, hubtest.LeakOptions()...)
 }
 
 // wait is how long a test waits for something that should happen at once.

@@ -16,19 +16,16 @@ import (
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/chat"
 	"github.com/caps-hub/caps/internal/dashboard"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/web"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go and nats-server keep a few process-wide goroutines alive.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
-		goleak.IgnoreTopFunction("time.Sleep"),
+	goleak.VerifyTestMain(m, append(hubtest.LeakOptions(),
 		// chromedp's allocator reaps the browser process in the background.
 		goleak.IgnoreAnyFunction("github.com/chromedp/chromedp.(*ExecAllocator).Allocate.func2"),
-	)
+	)...)
 }
 
 // wait bounds how long a test waits for something that should happen soon.
