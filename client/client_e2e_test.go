@@ -320,33 +320,6 @@ func TestE2EQueueGroup(t *testing.T) {
 	}
 }
 
-// killer dials TCP and can cut every connection it made, as a network
-// failure would.
-type killer struct {
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func (k *killer) dial(ctx context.Context, addr string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err == nil {
-		k.mu.Lock()
-		k.conns = append(k.conns, c)
-		k.mu.Unlock()
-	}
-	return c, err
-}
-
-func (k *killer) kill() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for _, c := range k.conns {
-		c.Close()
-	}
-	k.conns = nil
-}
-
 // TestE2EDurableAcrossDisconnect: a durable subscriber that loses its
 // connection gets, after the reconnect, every message it had not
 // acknowledged and every message published meanwhile, and none of those it
@@ -354,11 +327,11 @@ func (k *killer) kill() {
 func TestE2EDurableAcrossDisconnect(t *testing.T) {
 	th := startHub(t, "", "", nil)
 	ctx := ctxFor(t, 60*time.Second)
-	var k killer
+	var k hubtest.Cutter
 	var stMu sync.Mutex
 	var states []client.State
 	worker := dial(t, th.addr, "worker", client.Options{
-		Dialer:  k.dial,
+		Dialer:  k.Dial,
 		OnState: func(s client.State) { stMu.Lock(); states = append(states, s); stMu.Unlock() },
 	})
 	pub := dial(t, th.addr, "pub", client.Options{})
@@ -430,7 +403,7 @@ func TestE2EDurableAcrossDisconnect(t *testing.T) {
 	mu.Lock()
 	ackNow = true
 	mu.Unlock()
-	k.kill()
+	k.Cut()
 	for i := 20; i < 30; i++ {
 		publish(i)
 	}
@@ -490,8 +463,8 @@ func TestE2EDurablePromptRedelivery(t *testing.T) {
 	th := startHub(t, "", "", nil)
 	ctx := ctxFor(t, 60*time.Second)
 	for round := range 3 {
-		var k killer
-		w := dial(t, th.addr, fmt.Sprintf("w%d", round), client.Options{Dialer: k.dial})
+		var k hubtest.Cutter
+		w := dial(t, th.addr, fmt.Sprintf("w%d", round), client.Options{Dialer: k.Dial})
 		pub := dial(t, th.addr, fmt.Sprintf("p%d", round), client.Options{})
 		var mu sync.Mutex
 		hold := true
@@ -518,7 +491,7 @@ func TestE2EDurablePromptRedelivery(t *testing.T) {
 		mu.Lock()
 		hold = false
 		mu.Unlock()
-		k.kill()
+		k.Cut()
 		waitFor(t, 20*time.Second, "held deliveries back after the reconnect", func() bool {
 			mu.Lock()
 			defer mu.Unlock()

@@ -7,6 +7,7 @@ package hubtest
 import (
 	"context"
 	"log/slog"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -93,4 +94,34 @@ func LeakOptions() []goleak.Option {
 		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
 		goleak.IgnoreTopFunction("time.Sleep"),
 	}
+}
+
+// Cutter dials TCP (use Dial as client.Options.Dialer) and can cut every
+// connection it made without a goodbye, as a dead process or a network
+// failure would.
+type Cutter struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// Dial connects to addr and remembers the connection.
+func (k *Cutter) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		k.mu.Lock()
+		k.conns = append(k.conns, c)
+		k.mu.Unlock()
+	}
+	return c, err
+}
+
+// Cut closes every connection made so far.
+func (k *Cutter) Cut() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, c := range k.conns {
+		c.Close()
+	}
+	k.conns = nil
 }

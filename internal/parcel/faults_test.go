@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/protocol"
 )
@@ -44,32 +43,6 @@ func onlyOrder(t *testing.T, f *fleet) string {
 	return f.postedIDs()[0]
 }
 
-// killable dials through a net.Conn the test can cut without a goodbye, as
-// when a driver's process dies or its machine drops off the network.
-type killable struct {
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func (k *killable) dial(ctx context.Context, addr string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err == nil {
-		k.mu.Lock()
-		k.conns = append(k.conns, c)
-		k.mu.Unlock()
-	}
-	return c, err
-}
-
-func (k *killable) kill() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for _, c := range k.conns {
-		c.Close()
-	}
-}
-
 // gone waits for a killed client to return.
 func gone(t *testing.T, ch <-chan error, what string) {
 	t.Helper()
@@ -87,14 +60,14 @@ func TestDriverKilledMidOrderHandsItToAnother(t *testing.T) {
 	f := newFleet(t, th)
 
 	// Alice takes the order, then dies before she reports in-transit.
-	var k killable
+	var k hubtest.Cutter
 	aliceCtx, killAlice := context.WithCancel(ctx)
 	defer killAlice()
 	ready := make(chan struct{})
 	alice := f.driver(aliceCtx, parcel.DriverConfig{
 		Name: "alice", PickupDelay: time.Hour, Capacity: 1,
 		ClientConfig: parcel.ClientConfig{
-			Options: client.Options{Dialer: k.dial, NoReconnect: true},
+			Options: client.Options{Dialer: k.Dial, NoReconnect: true},
 			OnReady: func() { close(ready) },
 		},
 	})
@@ -102,7 +75,7 @@ func TestDriverKilledMidOrderHandsItToAnother(t *testing.T) {
 	vendor := f.vendor(ctx, "acme", 1, time.Millisecond)
 	id := onlyOrder(t, f)
 	eventually(t, 10*time.Second, "alice to hold the order", statusIs(th, id, parcel.StatusAssigned, "alice"))
-	k.kill()
+	k.Cut()
 	killAlice()
 	gone(t, alice, "alice") // killed: whatever she says last does not matter
 
@@ -260,14 +233,14 @@ func TestDriverRestartDeliversParcelsLeftInTransit(t *testing.T) {
 	f := newFleet(t, th)
 
 	// Alice reports in-transit, then dies with the parcel in her van.
-	var k killable
+	var k hubtest.Cutter
 	aliceCtx, killAlice := context.WithCancel(ctx)
 	defer killAlice()
 	ready := make(chan struct{})
 	alice := f.driver(aliceCtx, parcel.DriverConfig{
 		Name: "alice", PickupDelay: time.Millisecond, DeliverDelay: time.Hour, Grace: time.Millisecond,
 		ClientConfig: parcel.ClientConfig{
-			Options: client.Options{Dialer: k.dial, NoReconnect: true},
+			Options: client.Options{Dialer: k.Dial, NoReconnect: true},
 			OnReady: func() { close(ready) },
 		},
 	})
@@ -278,7 +251,7 @@ func TestDriverRestartDeliversParcelsLeftInTransit(t *testing.T) {
 	eventually(t, 10*time.Second, "alice to have it in transit", func() bool {
 		return statusIs(th, id, parcel.StatusInTransit, "alice")() && firstRun.count("picked up "+id) == 1
 	})
-	k.kill()
+	k.Cut()
 	killAlice()
 	gone(t, alice, "alice") // killed: whatever she says last does not matter
 
