@@ -146,17 +146,6 @@ func (x *Host) Publish(ctx context.Context, topic string, payload []byte) error 
 // Sessions lists the sessions connected to this hub.
 func (x *Host) Sessions() []SessionInfo { return x.h.sessionInfos() }
 
-// Send delivers a message directly to the local session id on topic, as a
-// delivery of no subscription (sid 0). It reports whether the session exists.
-func (x *Host) Send(sessionID, topic string, payload []byte) bool {
-	s := x.h.sessionByID(sessionID)
-	if s == nil {
-		return false
-	}
-	s.deliverDirect([]byte(topic), payload)
-	return true
-}
-
 type publishKeyCtx struct{}
 
 // PublishKey returns the message id (the PUB frame's key) of the publish a

@@ -98,9 +98,6 @@ func (d *durables) join(ctx context.Context, s *Session, pattern, name string, f
 			g = nil // its last member is leaving; start afresh
 		}
 	}
-	if g != nil && g.pattern != pattern {
-		return nil, Reject(protocol.CodeForbidden, fmt.Sprintf("durable %q is bound to %q; use another durable name for %q", name, g.pattern, pattern))
-	}
 	if g == nil {
 		if _, err := d.ensureConsumer(ctx, stream, pattern, name, flags, opts); err != nil {
 			return nil, err

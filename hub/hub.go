@@ -12,7 +12,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -387,5 +386,3 @@ func (e *eventLog) flushLoop(ctx context.Context) {
 		}
 	}
 }
-
-var _ io.Writer = (*bufio.Writer)(nil)

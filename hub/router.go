@@ -232,12 +232,6 @@ func (s *Session) deliverNow(frame []byte, f *protocol.Frame) bool {
 	return s.send(frame)
 }
 
-// deliverDirect sends a message that belongs to no subscription (sid 0).
-func (s *Session) deliverDirect(topic, payload []byte) {
-	f := protocol.Frame{Op: protocol.OpMsg, Topic: topic, Payload: payload}
-	s.deliver(f.Encode(), &f)
-}
-
 // handleSub subscribes the session: live (shared engine subscription) or
 // durable (a JetStream consumer).
 func (s *Session) handleSub(f *protocol.Frame) {

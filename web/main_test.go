@@ -4,13 +4,11 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/caps-hub/caps/internal/hubtest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go and nats-server keep a few process-wide goroutines alive.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-	)
+	// nats.go and nats-server keep a few process-wide goroutines alive.
+	goleak.VerifyTestMain(m, hubtest.LeakOptions()...)
 }

@@ -152,7 +152,9 @@ func TestConnsAtScale(t *testing.T) {
 	}
 	r := rows[0]
 	t.Logf("%d conns in %.2fs: %.0f B heap+stack, %.0f B RSS, %.2f goroutines per connection", r.Count, r.ConnectSeconds, r.HeapPerConnB, r.RSSPerConnB, r.HubGoroutinesPC)
-	if r.HeapPerConnB <= 0 || r.HubGoroutinesPC < 1 {
+	// About one hub goroutine per idle connection (its reader); the count is
+	// read from the live hub, so a session still settling may be off by one.
+	if r.HeapPerConnB <= 0 || r.HubGoroutinesPC < 0.99 {
 		t.Errorf("implausible memory reading: %+v", r)
 	}
 }

@@ -23,9 +23,6 @@ type Hub struct {
 	stop func()
 }
 
-// AddrString is the hub's CAPS address as host:port.
-func (h *Hub) AddrString() string { return h.Addr().String() }
-
 // Stop shuts the hub down gracefully and reports a failed shutdown to the
 // test. It is idempotent and also runs when the test ends.
 func (h *Hub) Stop() { h.stop() }

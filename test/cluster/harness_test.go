@@ -20,15 +20,12 @@ import (
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/engine"
+	"github.com/caps-hub/caps/internal/hubtest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go and nats-server keep a few process-wide goroutines alive.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-	)
+	// nats.go and nats-server keep a few process-wide goroutines alive.
+	goleak.VerifyTestMain(m, hubtest.LeakOptions()...)
 }
 
 // Deadlines are generous: JetStream elects RAFT leaders in seconds, and the
