@@ -360,3 +360,41 @@ func TestLimitSlowConsumer(t *testing.T) {
 		t.Fatal(fastErr)
 	}
 }
+
+// Every number in SUB options is bounded: a huge history count used to make
+// the hub allocate a ring of that size and crash (makeslice: cap out of
+// range), taking every other client with it.
+func TestLimitSubOptionsBounded(t *testing.T) {
+	h := startHub(t, nil)
+	bystander := dialRaw(t, h)
+	bystander.hello("client", "bystander")
+	r := dialRaw(t, h)
+	r.hello("logger", "probe") // its own client.connected is stored: the topic has history
+	cases := []struct{ name, opts string }{
+		{"history huge", `{"history": 4611686018427387904}`},
+		{"history over max", fmt.Sprintf(`{"history": %d}`, protocol.MaxHistory+1)},
+		{"history negative", `{"history": -1}`},
+		{"max_inflight huge", `{"max_inflight": 9223372036854775807}`},
+		{"max_inflight negative", `{"max_inflight": -5}`},
+		{"ack_wait_ms huge", `{"ack_wait_ms": 9223372036854775807}`},
+		{"ack_wait_ms negative", `{"ack_wait_ms": -1}`},
+		{"number beyond int64", `{"history": 1e40}`},
+	}
+	for i, c := range cases {
+		id := uint64(100 + i)
+		r.send(&protocol.Frame{Op: protocol.OpSub, ID: id, Topic: []byte("client.>"), Payload: []byte(c.opts)})
+		f := r.nextOp()
+		if f.Op != protocol.OpErr || f.ID != id || string(f.Topic) != protocol.CodeBadRequest || f.Flags&protocol.FlagFatal != 0 {
+			t.Fatalf("%s: want recoverable bad_request for id %d, got %s", c.name, id, f)
+		}
+	}
+	// The maximum itself is accepted, and the hub and the other client are fine.
+	r.send(&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("client.>"), Payload: []byte(fmt.Sprintf(`{"history": %d}`, protocol.MaxHistory))})
+	if f := r.nextOp(); f.Op != protocol.OpOK {
+		t.Fatalf("history at the maximum: want OK, got %s", f)
+	}
+	bystander.send(&protocol.Frame{Op: protocol.OpPing})
+	if f := bystander.nextOp(); f.Op != protocol.OpPong {
+		t.Fatalf("bystander: want PONG, got %s", f)
+	}
+}

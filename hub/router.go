@@ -251,6 +251,10 @@ func (s *Session) handleSub(f *protocol.Frame) {
 			s.sendErr(f.ID, protocol.CodeBadRequest, "SUB options are not JSON: "+err.Error())
 			return
 		}
+		if err := opts.Validate(); err != nil {
+			s.sendErr(f.ID, protocol.CodeBadRequest, "SUB options: "+err.Error())
+			return
+		}
 	}
 	group, durable := string(f.Group), string(f.Key)
 	if group != "" && !protocol.ValidName(group) {

@@ -50,6 +50,21 @@ package protocol
 // BYE  either way, payload = reason: the sender is closing in an orderly way
 //      (the hub sends it on shutdown; clients then reconnect elsewhere).
 
+import "fmt"
+
+// Bounds on the numbers a SUB may carry (docs/PROTOCOL.md, SUB). A SUB with
+// a number outside them is refused with bad_request: every number a client
+// sends reaches an allocation, a duration or a loop bound in the hub.
+const (
+	// MaxHistory is the most stored messages a SUB may ask to replay.
+	MaxHistory = 1000
+	// MaxInFlightLimit is the largest max_inflight a durable member may ask for.
+	MaxInFlightLimit = 1000
+	// MinAckWaitMS and MaxAckWaitMS bound ack_wait_ms (when it is not 0).
+	MinAckWaitMS = 100
+	MaxAckWaitMS = 24 * 3600 * 1000
+)
+
 // SubOptions is the optional JSON payload of a SUB frame.
 type SubOptions struct {
 	// MaxInFlight caps unacknowledged durable deliveries to this session
@@ -60,4 +75,17 @@ type SubOptions struct {
 	// History asks for the last N stored messages on the pattern before live ones
 	// (marked FlagHistory). Only for live subscriptions on stored topics.
 	History int `json:"history,omitempty"`
+}
+
+// Validate checks every number against its documented bound.
+func (o SubOptions) Validate() error {
+	switch {
+	case o.History < 0 || o.History > MaxHistory:
+		return fmt.Errorf("history %d is out of range 0-%d", o.History, MaxHistory)
+	case o.MaxInFlight < 0 || o.MaxInFlight > MaxInFlightLimit:
+		return fmt.Errorf("max_inflight %d is out of range 0-%d", o.MaxInFlight, MaxInFlightLimit)
+	case o.AckWaitMS != 0 && (o.AckWaitMS < MinAckWaitMS || o.AckWaitMS > MaxAckWaitMS):
+		return fmt.Errorf("ack_wait_ms %d is out of range %d-%d (or 0 for the hub's default)", o.AckWaitMS, MinAckWaitMS, MaxAckWaitMS)
+	}
+	return nil
 }
