@@ -6,6 +6,7 @@ package hubtest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -122,3 +123,35 @@ func (k *Cutter) Cut() {
 	}
 	k.conns = nil
 }
+
+// Eventually polls check until it returns nil, and fails the test with what
+// and check's last error once timeout has passed. Tests wait for conditions
+// with it (or Until) instead of sleeping and hoping: it is the one polling
+// helper of the project's tests.
+func Eventually(tb testing.TB, timeout time.Duration, what string, check func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Until is Eventually for a condition that has nothing to explain.
+func Until(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	Eventually(tb, timeout, what, func() error {
+		if cond() {
+			return nil
+		}
+		return errNotYet
+	})
+}
+
+var errNotYet = errors.New("condition not met")
