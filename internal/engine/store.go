@@ -62,6 +62,25 @@ func (e *Engine) EnsureStream(ctx context.Context, spec StreamSpec) (jetstream.S
 	return s, nil
 }
 
+// EnsureStreamConfig creates the stream described by a full JetStream
+// configuration, or updates it to that configuration; it is idempotent. It
+// is for engine-internal streams that no CAPS topic names (their subjects are
+// outside SubjectPrefix, so no client can subscribe to them) and that need
+// settings StreamSpec does not offer, such as a work-queue retention or
+// per-subject discard. The replica count is the engine's, as for EnsureStream.
+func (e *Engine) EnsureStreamConfig(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	var s jetstream.Stream
+	err := e.retryPlacement(ctx, "stream "+cfg.Name, func(ctx context.Context) error {
+		var err error
+		s, err = e.ensureStream(ctx, cfg, false)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
 // ensureStream creates the stream, and only when one with another
 // configuration exists reads it and updates it. Create comes first because
 // it is idempotent (an identical stream is simply returned) and because every
@@ -98,7 +117,8 @@ func sameStream(a, b jetstream.StreamConfig) bool {
 		a.Storage == b.Storage && a.Retention == b.Retention && a.Replicas == b.Replicas &&
 		a.MaxAge == b.MaxAge && a.MaxMsgsPerSubject == b.MaxMsgsPerSubject && a.MaxBytes == b.MaxBytes &&
 		a.Duplicates == b.Duplicates && a.Discard == b.Discard && a.AllowDirect == b.AllowDirect &&
-		a.AllowRollup == b.AllowRollup && a.DenyDelete == b.DenyDelete
+		a.AllowRollup == b.AllowRollup && a.DenyDelete == b.DenyDelete &&
+		a.DiscardNewPerSubject == b.DiscardNewPerSubject
 }
 
 // replicasOf returns the replica count an existing stream should have:
