@@ -146,9 +146,10 @@ func create(t *testing.T, s *Service, store, url string, events ...string) (Endp
 	return ep, secret
 }
 
-// receiver is a webhook receiver on loopback that verifies every request
-// with the Standard Webhooks library (not this package's code) and
-// records it.
+// receiver is a webhook receiver on loopback that records every request;
+// checkCalls verifies them with the Standard Webhooks library (not this
+// package's code). Verification waits for checkCalls because a test may
+// learn the secret after the first requests arrive.
 type receiver struct {
 	srv *httptest.Server
 	// respond decides the status of a request (nil: 200); it may block.
@@ -163,8 +164,18 @@ type call struct {
 	id     string
 	body   []byte
 	header http.Header
-	verify error // the library's verdict
-	status int   // 0 while the request is being answered
+	status int // 0 while the request is being answered
+}
+
+// verify checks a request's signature and timestamp with the Standard
+// Webhooks library, as a receiver does (a test checks within seconds of
+// arrival, well inside the library's 5-minute tolerance).
+func (c *call) verify(secret string) error {
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		return err
+	}
+	return wh.Verify(c.body, c.header)
 }
 
 func newReceiver(t *testing.T, respond func(r *http.Request) int) *receiver {
@@ -186,11 +197,6 @@ func (rc *receiver) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	rc.mu.Lock()
 	c := &call{id: r.Header.Get("webhook-id"), body: body, header: r.Header.Clone()}
-	if wh, err := standardwebhooks.NewWebhook(rc.secret); err != nil {
-		c.verify = err
-	} else {
-		c.verify = wh.Verify(body, r.Header)
-	}
 	rc.calls = append(rc.calls, c)
 	rc.mu.Unlock()
 	status := http.StatusOK
@@ -229,10 +235,13 @@ func (rc *receiver) delivered() map[string]int {
 // verify, and for two requests with one webhook-id but different bodies.
 func (rc *receiver) checkCalls(t *testing.T) {
 	t.Helper()
+	rc.mu.Lock()
+	secret := rc.secret
+	rc.mu.Unlock()
 	bodies := map[string]string{}
 	for _, c := range rc.snapshot() {
-		if c.verify != nil {
-			t.Errorf("request %s: signature does not verify: %v", c.id, c.verify)
+		if err := c.verify(secret); err != nil {
+			t.Errorf("request %s: signature does not verify: %v", c.id, err)
 		}
 		if b, ok := bodies[c.id]; ok && b != string(c.body) {
 			t.Errorf("two requests with webhook-id %s carry different bodies:\n%s\n%s", c.id, b, c.body)
