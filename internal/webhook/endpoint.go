@@ -148,6 +148,13 @@ func (s *Service) Create(ctx context.Context, ne NewEndpoint) (Endpoint, string,
 		ID: newEndpointID(), URL: u.String(), Events: events, Secret: newSecret(),
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 	}
+	// A full store is refused before anything is created for the new
+	// endpoint (the write below checks again, atomically).
+	if sr, _, err := s.readStore(ctx, ne.Store); err != nil {
+		return Endpoint{}, "", err
+	} else if len(sr.Endpoints) >= s.cfg.MaxEndpointsPerStore {
+		return Endpoint{}, "", tooMany("store %q has %d webhook endpoints, the limit", ne.Store, len(sr.Endpoints))
+	}
 	// The consumer first: once the record is visible, tasks may be queued
 	// for it, and the hub that delivers them must find it.
 	if err := s.ensureTaskConsumer(ctx, rec.ID); err != nil {
@@ -239,9 +246,13 @@ func (s *Service) Enable(ctx context.Context, store, id string) (Endpoint, error
 		return Endpoint{}, err
 	}
 	// Its queue is kept while it is disabled; this restores it should
-	// anything have removed it.
+	// anything have removed it. Whatever a hub queued while it was being
+	// disabled goes: it receives the events that follow, none of before.
 	if err := s.ensureTaskConsumer(ctx, id); err != nil {
 		return Endpoint{}, unavailable("create the endpoint's queue", err)
+	}
+	if err := s.purge(ctx, s.tasks, taskSubject(id)); err != nil {
+		return Endpoint{}, unavailable("empty the endpoint's queue", err)
 	}
 	var out Endpoint
 	_, err := s.updateStore(ctx, store, func(sr *storeRecord) error {

@@ -59,7 +59,8 @@ func startEngine(t *testing.T) *engine.Engine {
 }
 
 // The test source: stream TEST_EVENTS, one JSON message per event,
-// {"id","type","store",…}; type "skip" is not an event.
+// {"id","type","store",…}; type "skip" is not an event, type "panic" makes
+// the mapper panic.
 const testStream = "TEST_EVENTS"
 
 type testEvent struct {
@@ -73,6 +74,9 @@ func testMap(msg jetstream.Msg) (Event, string, bool) {
 	var te testEvent
 	if err := json.Unmarshal(msg.Data(), &te); err != nil || te.Type == "skip" {
 		return Event{}, "", false
+	}
+	if te.Type == "panic" {
+		panic("a mapper bug")
 	}
 	return Event{ID: te.ID, Type: te.Type, Data: msg.Data()}, te.Store, true
 }

@@ -190,8 +190,9 @@ func TestQueueBytesCapDisablesLargestBacklog(t *testing.T) {
 	healthy.checkCalls(t)
 }
 
-// A source event that is too large or malformed is refused (counted,
-// logged); the events after it are delivered. An event without an id gets
+// A source event that is too large or malformed, or that the mapper
+// panics on, is refused (counted, logged); the events after it are
+// delivered. An event without an id gets
 // one from its stream sequence.
 func TestInvalidEvents(t *testing.T) {
 	eng := startEngine(t)
@@ -205,11 +206,12 @@ func TestInvalidEvents(t *testing.T) {
 	publish(t, eng, testEvent{ID: "big", Type: "order.created", Store: "shop", Pad: strings.Repeat("p", 2000)})
 	publish(t, eng, testEvent{ID: "bad id!", Type: "order.created", Store: "shop"})
 	publish(t, eng, testEvent{ID: "ok", Type: "bad type!", Store: "shop"})
+	publish(t, eng, testEvent{ID: "boom", Type: "panic", Store: "shop"})
 	publish(t, eng, testEvent{ID: "", Type: "order.created", Store: "shop"})
 	publish(t, eng, testEvent{ID: "last", Type: "order.created", Store: "shop"})
-	rc.waitDelivered(t, 20*time.Second, []string{"TEST_EVENTS-4", "last"})
-	if n := counter(s.met.events, "invalid"); n != 3 {
-		t.Errorf("caps_webhook_events_total{result=invalid} = %v, want 3", n)
+	rc.waitDelivered(t, 20*time.Second, []string{"TEST_EVENTS-5", "last"})
+	if n := counter(s.met.events, "invalid"); n != 4 {
+		t.Errorf("caps_webhook_events_total{result=invalid} = %v, want 4", n)
 	}
 	if n := len(rc.delivered()); n != 2 {
 		t.Errorf("%d events delivered, want 2", n)

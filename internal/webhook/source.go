@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -119,7 +120,13 @@ func (s *Service) consumeSource(ctx context.Context, cons jetstream.Consumer) er
 // as duplicates (their message id is the event's and the endpoint's), so
 // a repeat adds nothing.
 func (s *Service) handleSource(ctx context.Context, msg jetstream.Msg) {
-	ev, store, ok := s.cfg.Source.Map(msg)
+	ev, store, ok, err := s.mapEvent(msg)
+	if err != nil {
+		s.met.events.WithLabelValues("invalid").Inc()
+		s.log.Error("webhook: source event not delivered", "subject", msg.Subject(), "err", err)
+		s.settle(msg.Term())
+		return
+	}
 	if !ok {
 		s.met.events.WithLabelValues("ignored").Inc()
 		s.settle(msg.Ack())
@@ -160,6 +167,18 @@ func (s *Service) handleSource(ctx context.Context, msg jetstream.Msg) {
 		s.met.events.WithLabelValues("queued").Inc()
 	}
 	s.settle(msg.Ack())
+}
+
+// mapEvent runs the application's mapper; a panic in it (a bug meeting an
+// unexpected message) costs that message, not the hub.
+func (s *Service) mapEvent(msg jetstream.Msg) (ev Event, store string, ok bool, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("the event mapper panicked: %v\n%s", p, debug.Stack())
+		}
+	}()
+	ev, store, ok = s.cfg.Source.Map(msg)
+	return ev, store, ok, nil
 }
 
 // queue writes the task of delivering ev to endpoint r. A backlog cap hit
