@@ -182,7 +182,7 @@ func (c *call) verify(secret string) error {
 	return wh.Verify(c.body, c.header)
 }
 
-func newReceiver(t *testing.T, respond func(r *http.Request) int) *receiver {
+func newReceiver(t testing.TB, respond func(r *http.Request) int) *receiver {
 	rc := &receiver{respond: respond}
 	rc.srv = httptest.NewServer(http.HandlerFunc(rc.serve))
 	t.Cleanup(rc.srv.Close)

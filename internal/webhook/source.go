@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -105,14 +106,31 @@ func (s *Service) consumeSource(ctx context.Context, cons jetstream.Consumer) er
 		return err
 	}
 	defer it.Stop()
+	// Several events are handled at once: each waits for the engine to
+	// store its tasks (an fsync each, with the hub's default), and those
+	// waits overlap. Events need no order among themselves.
+	var busy sync.WaitGroup
+	defer busy.Wait()
+	slots := make(chan struct{}, sourceConcurrency)
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
 			return err
 		}
-		s.handleSource(ctx, msg)
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err() // msg is handed again after AckWait
+		}
+		busy.Go(func() {
+			defer func() { <-slots }()
+			s.handleSource(ctx, msg)
+		})
 	}
 }
+
+// sourceConcurrency is how many source events one hub handles at once.
+const sourceConcurrency = 16
 
 // handleSource turns one source message into one task per endpoint that
 // wants it, then acknowledges it. A failure before the ack leaves the
