@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -17,8 +18,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/caps-hub/caps/internal/engine"
 )
 
 // Attempt is one delivery attempt, as the delivery log keeps it.
@@ -59,7 +58,11 @@ func (s *Service) runWorker(ctx context.Context, id string) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.log.Warn("webhook: delivery worker restarting", "endpoint", id, "err", err)
+		level := slog.LevelWarn
+		if errors.Is(err, jetstream.ErrConsumerDeleted) {
+			level = slog.LevelDebug // deleted on another hub: this one's watch stops the worker
+		}
+		s.log.Log(ctx, level, "webhook: delivery worker restarting", "endpoint", id, "err", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
@@ -68,13 +71,17 @@ func (s *Service) runWorker(ctx context.Context, id string) {
 }
 
 func (s *Service) consumeTasks(ctx context.Context, id string) error {
-	cons, err := s.js.Consumer(ctx, tasksStream, id)
-	if engine.IsNotFound(err) && s.knows(id) {
-		// Created before this version kept queues, or removed by hand.
-		if err = s.ensureTaskConsumer(ctx, id); err == nil {
-			cons, err = s.js.Consumer(ctx, tasksStream, id)
-		}
+	// The queue exists (Create made it); this brings its settings to this
+	// version's (in-flight bound, AckWait), and restores it should anything
+	// have removed it. Only for an endpoint this hub knows: one deleted
+	// meanwhile must not get its queue back.
+	if !s.knows(id) {
+		return errors.New("unknown endpoint")
 	}
+	if err := s.ensureTaskConsumer(ctx, id); err != nil {
+		return fmt.Errorf("open the endpoint's queue: %w", err)
+	}
+	cons, err := s.js.Consumer(ctx, tasksStream, id)
 	if err != nil {
 		return fmt.Errorf("open the endpoint's queue: %w", err)
 	}
