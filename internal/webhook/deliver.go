@@ -132,8 +132,9 @@ func (s *Service) attempt(ctx context.Context, id string, msg jetstream.Msg) {
 		Attempt: int(meta.NumDelivered), Hub: s.cfg.HubName,
 	}
 	s.post(ctx, r.URL, key, msg.Data(), &a)
-	if ctx.Err() != nil {
-		// Stopping, disabled or deleted: hand it back now, unlogged.
+	if ctx.Err() != nil && a.Status == 0 {
+		// Cut short by a stop, a disabling or a deletion: hand it back now,
+		// unlogged. (An attempt that got its answer is recorded below.)
 		s.settle(msg.Nak())
 		return
 	}
