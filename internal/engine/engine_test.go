@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 )
 
@@ -139,5 +140,28 @@ func TestEmbeddedStandalone(t *testing.T) {
 	}
 	if !e.JetStreamAvailable() {
 		t.Error("JetStream reported unavailable on a healthy server")
+	}
+
+	// A stream from a full configuration: created once, updated when a
+	// setting StreamSpec lacks (per-subject discard) changes.
+	raw := jetstream.StreamConfig{Name: "RAW", Subjects: []string{"raw.*"}, Retention: jetstream.WorkQueuePolicy,
+		Discard: jetstream.DiscardNew, MaxMsgsPerSubject: 2, Storage: jetstream.FileStorage}
+	r1, err := e.EnsureStreamConfig(ctx, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2, err := e.EnsureStreamConfig(ctx, raw); err != nil || r2.CachedInfo().Created != r1.CachedInfo().Created {
+		t.Fatalf("EnsureStreamConfig again: %v", err)
+	}
+	raw.DiscardNewPerSubject = true
+	r3, err := e.EnsureStreamConfig(ctx, raw)
+	if err != nil || !r3.CachedInfo().Config.DiscardNewPerSubject {
+		t.Fatalf("update: %v, per-subject discard %v", err, r3.CachedInfo().Config.DiscardNewPerSubject)
+	}
+	for i := range 3 {
+		_, err := e.JS.Publish(ctx, "raw.a", []byte("x"))
+		if (err == nil) != (i < 2) {
+			t.Errorf("publish %d to a subject holding 2 at most: %v", i+1, err)
+		}
 	}
 }
