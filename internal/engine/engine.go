@@ -307,6 +307,8 @@ const (
 	errCodeClusterNotAvail       = 10008 // JetStream system temporarily unavailable (no meta leader)
 	errCodeInsufficientResources = 10023
 	errCodeReplicasNotSupported  = 10074 // replicas > 1 on a server that is not clustered
+	errCodeMessageTooLarge       = 10054 // a message over the stream's MaxMsgSize
+	errCodeStoreFailed           = 10077 // a store refused: "maximum bytes exceeded", "message too large"…
 )
 
 func apiErrorCode(err error) jetstream.ErrorCode {

@@ -6,21 +6,33 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// StreamSpec describes a stream the hub needs: which CAPS topics it stores and
-// for how long. Applications (parcel, chat) declare theirs; the hub creates them.
+// StreamSpec describes a stream the hub needs: which CAPS topics it stores,
+// for how long and how much of them. Applications (parcel, chat) declare
+// theirs; the hub creates them. A zero limit is no limit, so every stream a
+// client can write to should set MaxBytes and MaxAge (docs/SECURITY.md).
 type StreamSpec struct {
 	Name              string
 	Topics            []string // CAPS topic patterns, e.g. "parcel.>"
 	MaxAge            time.Duration
 	MaxMsgsPerSubject int64 // e.g. 50 for a chat room's history
 	MaxBytes          int64
-	Duplicates        time.Duration // de-duplication window for message ids
+	MaxMsgs           int64
+	// MaxMsgSize is the largest message the stream stores, payload and
+	// headers; a larger one is refused (IsTooLarge).
+	MaxMsgSize int32
+	// Discard says what happens when MaxBytes or MaxMsgs is reached: the
+	// zero value, jetstream.DiscardOld, drops the oldest messages (a log);
+	// jetstream.DiscardNew refuses the new one (IsFull), for a stream whose
+	// messages must not be lost to make room.
+	Discard    jetstream.DiscardPolicy
+	Duplicates time.Duration // de-duplication window for message ids
 }
 
 // EnsureStream creates the stream or updates it to spec. It is idempotent.
@@ -38,14 +50,19 @@ func (e *Engine) EnsureStream(ctx context.Context, spec StreamSpec) (jetstream.S
 		MaxAge:            spec.MaxAge,
 		MaxMsgsPerSubject: spec.MaxMsgsPerSubject,
 		MaxBytes:          spec.MaxBytes,
+		MaxMsgs:           spec.MaxMsgs,
+		MaxMsgSize:        spec.MaxMsgSize,
 		Duplicates:        spec.Duplicates,
-		Discard:           jetstream.DiscardOld,
+		Discard:           spec.Discard,
 	}
-	if cfg.MaxMsgsPerSubject == 0 {
-		cfg.MaxMsgsPerSubject = -1
+	// JetStream's "no limit" is -1.
+	for _, n := range []*int64{&cfg.MaxMsgsPerSubject, &cfg.MaxBytes, &cfg.MaxMsgs} {
+		if *n <= 0 {
+			*n = -1
+		}
 	}
-	if cfg.MaxBytes == 0 {
-		cfg.MaxBytes = -1
+	if cfg.MaxMsgSize <= 0 {
+		cfg.MaxMsgSize = -1
 	}
 	if cfg.Duplicates == 0 {
 		cfg.Duplicates = 2 * time.Minute
@@ -116,6 +133,7 @@ func sameStream(a, b jetstream.StreamConfig) bool {
 	return slices.Equal(slices.Sorted(slices.Values(a.Subjects)), slices.Sorted(slices.Values(b.Subjects))) &&
 		a.Storage == b.Storage && a.Retention == b.Retention && a.Replicas == b.Replicas &&
 		a.MaxAge == b.MaxAge && a.MaxMsgsPerSubject == b.MaxMsgsPerSubject && a.MaxBytes == b.MaxBytes &&
+		a.MaxMsgs == b.MaxMsgs && a.MaxMsgSize == b.MaxMsgSize &&
 		a.Duplicates == b.Duplicates && a.Discard == b.Discard && a.AllowDirect == b.AllowDirect &&
 		a.AllowRollup == b.AllowRollup && a.DenyDelete == b.DenyDelete &&
 		a.DiscardNewPerSubject == b.DiscardNewPerSubject
@@ -207,6 +225,12 @@ type KVSpec struct {
 	Bucket  string
 	History uint8
 	TTL     time.Duration // age after which an entry expires (0 = never)
+	// MaxBytes bounds the bucket's size (0 = no limit). A full bucket
+	// refuses new keys (IsFull) but still takes a new value of an existing
+	// key that is no larger than the one it replaces.
+	MaxBytes int64
+	// MaxValueSize bounds one value (0 = no limit beyond the engine's).
+	MaxValueSize int32
 }
 
 var bucketNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -242,9 +266,9 @@ func (e *Engine) EnsureKV(ctx context.Context, spec KVSpec) (jetstream.KeyValue,
 		Name:              "KV_" + spec.Bucket,
 		Subjects:          []string{"$KV." + spec.Bucket + ".>"},
 		MaxMsgsPerSubject: history,
-		MaxBytes:          -1,
+		MaxBytes:          spec.MaxBytes,
 		MaxAge:            spec.TTL,
-		MaxMsgSize:        -1,
+		MaxMsgSize:        spec.MaxValueSize,
 		Storage:           jetstream.FileStorage,
 		AllowRollup:       true,
 		DenyDelete:        true,
@@ -252,6 +276,12 @@ func (e *Engine) EnsureKV(ctx context.Context, spec KVSpec) (jetstream.KeyValue,
 		MaxMsgs:           -1,
 		MaxConsumers:      -1,
 		Discard:           jetstream.DiscardNew,
+	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = -1
+	}
+	if cfg.MaxMsgSize <= 0 {
+		cfg.MaxMsgSize = -1
 	}
 	var kv jetstream.KeyValue
 	err := e.retryPlacement(ctx, "bucket "+spec.Bucket, func(ctx context.Context) error {
@@ -270,6 +300,26 @@ func (e *Engine) EnsureKV(ctx context.Context, spec KVSpec) (jetstream.KeyValue,
 		return nil, fmt.Errorf("kv bucket %s: %w", spec.Bucket, err)
 	}
 	return kv, nil
+}
+
+// IsTooLarge reports whether err is the engine refusing a message or value
+// larger than its stream's MaxMsgSize.
+func IsTooLarge(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == errCodeMessageTooLarge ||
+		apiErr.ErrorCode == errCodeStoreFailed && strings.Contains(apiErr.Description, "too large")
+}
+
+// IsFull reports whether err is the engine refusing a message because its
+// stream (or bucket) is at a limit and discards new messages: MaxBytes,
+// MaxMsgs, or MaxMsgsPerSubject with a per-subject discard.
+func IsFull(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFailed &&
+		strings.Contains(apiErr.Description, "maximum")
 }
 
 // IsNotFound reports whether err means a missing stream, consumer or key.
