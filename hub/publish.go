@@ -50,7 +50,7 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 		// node failover); de-duplication by the key makes that safe.
 		ack, err := h.eng.PublishStored(ctx, m)
 		if err != nil {
-			return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("store %s: %v", topic, err))
+			return 0, storeError(topic, err)
 		}
 		h.metrics.observePublish(true, time.Since(start))
 		return ack.Sequence, nil
@@ -63,6 +63,18 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 	}
 	h.metrics.observePublish(false, 0)
 	return 0, nil
+}
+
+// storeError names why the engine did not store a message: a limit of its
+// stream (the client must not simply retry) or the engine itself.
+func storeError(topic []byte, err error) error {
+	switch {
+	case engine.IsTooLarge(err):
+		return Reject(protocol.CodeTooLarge, fmt.Sprintf("store %s: the message is larger than its stream accepts", topic))
+	case engine.IsFull(err):
+		return Reject(protocol.CodeStoreFull, fmt.Sprintf("store %s: its stream is full (%v); nothing was stored", topic, err))
+	}
+	return Reject(protocol.CodeUnavailable, fmt.Sprintf("store %s: %v", topic, err))
 }
 
 func engineMsg(topic, key, payload []byte) *nats.Msg {
