@@ -46,6 +46,34 @@ type Config struct {
 	// "*" allows any origin.
 	AllowedOrigins []string
 
+	// HTTPMaxConns bounds the HTTP port's open connections (WebSocket
+	// sessions included), HTTPMaxConnsPerAddr those from one IP address
+	// (defaults 10000 and 256). Over them a connection gets health checks
+	// only, while a small headroom lasts, and is closed otherwise.
+	HTTPMaxConns        int
+	HTTPMaxConnsPerAddr int
+	// HTTPIdleTimeout closes keep-alive HTTP connections idle this long (default 30s).
+	HTTPIdleTimeout time.Duration
+	// HTTPRequestTimeout is how long an HTTP request may take to be read,
+	// and its answer to be written (default 30s; a request's header has
+	// at most 5s of it). A WebSocket session is not bound by it.
+	HTTPRequestTimeout time.Duration
+	// HTTPHosts are host names (or "*.domain" patterns; "*" for any) a
+	// browser may reach /ws by, besides IP addresses, localhost, this
+	// machine's host name and the TLS certificate's names: a page served
+	// under any other name is refused (DNS rebinding).
+	HTTPHosts []string
+	// MetricsAccess says who may read /metrics: MetricsOpen, MetricsToken
+	// (a bearer token of an admin or logger; needs Auth) or MetricsOff.
+	// Default: MetricsToken with Auth, else MetricsOpen.
+	MetricsAccess string
+
+	// ClientsMaxAge and ClientsMaxBytes bound CAPS_CLIENTS, the stream of
+	// connection events, to which every connect and disconnect adds a
+	// record; the oldest go first (defaults 7 days and 64 MiB).
+	ClientsMaxAge   time.Duration
+	ClientsMaxBytes int64
+
 	MaxConns         int           // concurrent connections (default 20000)
 	MaxFrame         int           // largest frame accepted (default 1 MiB)
 	MaxSubs          int           // subscriptions per connection (default 1000)
@@ -89,6 +117,30 @@ func (c *Config) withDefaults() {
 	}
 	if c.LegacyGrace <= 0 {
 		c.LegacyGrace = 6 * time.Second
+	}
+	if c.HTTPMaxConns <= 0 {
+		c.HTTPMaxConns = 10000
+	}
+	if c.HTTPMaxConnsPerAddr <= 0 {
+		c.HTTPMaxConnsPerAddr = 256
+	}
+	if c.HTTPIdleTimeout <= 0 {
+		c.HTTPIdleTimeout = 30 * time.Second
+	}
+	if c.HTTPRequestTimeout <= 0 {
+		c.HTTPRequestTimeout = 30 * time.Second
+	}
+	if c.MetricsAccess == "" {
+		c.MetricsAccess = MetricsOpen
+		if c.Auth != nil {
+			c.MetricsAccess = MetricsToken
+		}
+	}
+	if c.ClientsMaxAge <= 0 {
+		c.ClientsMaxAge = 7 * 24 * time.Hour
+	}
+	if c.ClientsMaxBytes <= 0 {
+		c.ClientsMaxBytes = 64 << 20
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = 20000
@@ -139,3 +191,7 @@ func (c *Config) legacyAllowed() bool {
 	}
 	return c.Auth == nil
 }
+
+// fdReserve is the file descriptors kept beyond the connection limits for
+// the engine's store, its connections and the listeners.
+const fdReserve = 256

@@ -31,7 +31,9 @@ func (h *Hub) httpHandler() http.Handler {
 			"sessions":  h.nconns.Load(),
 		})
 	})
-	mux.Handle("GET /metrics", h.metrics.Handler())
+	if h.cfg.MetricsAccess != MetricsOff {
+		mux.Handle("GET /metrics", h.metricsHandler())
+	}
 	mux.HandleFunc("/ws", h.serveWebSocket)
 	mux.Handle("GET /caps.js", web.CapsJSHandler()) // the browser client for /ws
 	for _, fn := range h.httpExtra {

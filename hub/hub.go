@@ -58,6 +58,7 @@ type Hub struct {
 	stopping  atomic.Bool
 	engineOK  atomic.Bool
 	httpExtra []func(mux *http.ServeMux)
+	hosts     *hostSet // names /ws may be reached by (set in Run)
 }
 
 // New returns a hub configured by cfg. Nothing starts until Run.
@@ -119,6 +120,16 @@ func (h *Hub) HandleHTTP(fn func(mux *http.ServeMux)) { h.httpExtra = append(h.h
 // cancelled, then shuts down gracefully: it stops accepting, tells clients
 // (BYE), drains their queues, flushes the engine and returns.
 func (h *Hub) Run(ctx context.Context) error {
+	switch h.cfg.MetricsAccess {
+	case MetricsOpen, MetricsOff:
+	case MetricsToken:
+		if h.cfg.Auth == nil {
+			return fmt.Errorf("metrics access %q needs authentication (--auth): without it there are no tokens to check", MetricsToken)
+		}
+	default:
+		return fmt.Errorf("metrics access %q: want %s, %s or %s", h.cfg.MetricsAccess, MetricsOpen, MetricsToken, MetricsOff)
+	}
+	h.checkFileLimit()
 	if h.cfg.Auth == nil {
 		h.log.Warn("AUTHENTICATION IS OFF: any client may connect as any role and name; run with --auth FILE in production")
 	}
@@ -168,16 +179,33 @@ func (h *Hub) Run(ctx context.Context) error {
 
 	var httpSrv *http.Server
 	if h.cfg.HTTPAddr != "off" {
+		h.hosts = newHostSet(h.cfg.HTTPHosts, h.cfg.TLS)
 		hl, err := net.Listen("tcp", h.cfg.HTTPAddr)
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("listen http %s: %w", h.cfg.HTTPAddr, err)
 		}
+		hl = newConnLimiter(hl, h.cfg.HTTPMaxConns, h.cfg.HTTPMaxConnsPerAddr, h.metrics)
 		if h.cfg.TLS != nil {
 			hl = tls.NewListener(hl, h.cfg.TLS)
 		}
 		h.httpAddr.Store(hl.Addr())
-		httpSrv = &http.Server{Handler: h.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = &http.Server{
+			Handler:     guardHTTP(h.httpHandler()),
+			ConnContext: connContext,
+			// A request has a few seconds for its header and
+			// HTTPRequestTimeout in all; an idle keep-alive connection is
+			// closed after HTTPIdleTimeout. The deadlines end when /ws
+			// takes the connection over (net/http clears them on Hijack):
+			// a session lives by its heartbeats.
+			ReadHeaderTimeout: min(5*time.Second, h.cfg.HTTPRequestTimeout),
+			ReadTimeout:       h.cfg.HTTPRequestTimeout,
+			WriteTimeout:      h.cfg.HTTPRequestTimeout,
+			IdleTimeout:       h.cfg.HTTPIdleTimeout,
+			MaxHeaderBytes:    16 << 10,
+			// Accept errors (EMFILE…) are logged by http.Server, which backs off.
+			ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
+		}
 		go func() {
 			if err := httpSrv.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				h.log.Error("http server", "err", err)
@@ -290,8 +318,10 @@ func (h *Hub) sessionInfos() []SessionInfo {
 	return out
 }
 
-// heartbeats pings idle sessions and drops those silent for two intervals.
-// One ticker for the whole hub instead of a timer per connection.
+// heartbeats pings idle sessions and drops those silent for two intervals,
+// and closes sessions whose token has expired (within a quarter of an
+// interval of the expiry). One ticker for the whole hub instead of a timer
+// per connection.
 func (h *Hub) heartbeats(ctx context.Context) {
 	t := time.NewTicker(h.cfg.Heartbeat / 4)
 	defer t.Stop()
@@ -305,6 +335,13 @@ func (h *Hub) heartbeats(ctx context.Context) {
 		now := time.Now().UnixNano()
 		hb := int64(h.cfg.Heartbeat)
 		for _, s := range h.allSessions() {
+			if exp := s.ident.Expires; !exp.IsZero() && now >= exp.UnixNano() {
+				if s.fail(0, protocol.CodeAuth, "token expired at "+exp.UTC().Format(time.RFC3339)) {
+					h.metrics.expiredSessions.Inc()
+					h.log.Info("session closed: token expired", "id", s.info.ID, "role", s.info.Role, "name", s.info.Name, "expired", exp)
+				}
+				continue
+			}
 			if s.legacy != nil {
 				continue // classroom clients have no heartbeats; TCP keepalive finds dead ones (hub/legacy.go)
 			}
@@ -342,8 +379,15 @@ func (h *Hub) EngineReady() bool { return h.engineOK.Load() && h.eng != nil && h
 // setupCore declares the hub's own stream: connection events.
 func (h *Hub) setupCore(ctx context.Context, x *Host) error {
 	h.setupLegacy(x)
-	return x.AddStream(ctx, engine.StreamSpec{Name: "CAPS_CLIENTS", Topics: []string{"client.>"}, MaxAge: 7 * 24 * time.Hour})
+	return x.AddStream(ctx, engine.StreamSpec{
+		Name: "CAPS_CLIENTS", Topics: []string{"client.>"},
+		MaxAge: h.cfg.ClientsMaxAge, MaxBytes: h.cfg.ClientsMaxBytes, MaxMsgSize: clientEventMaxSize,
+	})
 }
+
+// clientEventMaxSize bounds one connection event in CAPS_CLIENTS (they are
+// a few hundred bytes; only the hub writes them).
+const clientEventMaxSize = 16 << 10
 
 type eventLog struct {
 	mu    sync.Mutex

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"net/http"
 	"time"
 
@@ -31,6 +32,15 @@ type Metrics struct {
 	// deliveryLatency is what a subscriber waits: from a durable message
 	// being stored to its hand-over to a session (the dashboard charts it).
 	deliveryLatency prometheus.Histogram
+	// The HTTP port's connections (hub/httpguard.go).
+	httpConns   prometheus.Gauge
+	httpRefused *prometheus.CounterVec
+	// expiredSessions counts sessions closed when their token expired.
+	expiredSessions prometheus.Counter
+	// scrapeOnly holds what costs an engine request to collect (the
+	// streams): served at /metrics, not gathered by Host.Gatherer, which
+	// the dashboard reads every second.
+	scrapeOnly *prometheus.Registry
 }
 
 func newMetrics() *Metrics {
@@ -65,10 +75,20 @@ func newMetrics() *Metrics {
 				"includes waiting for a subscriber with room (a free driver) and redeliveries.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2.5, 14), // 200µs … ~30s
 		}),
+		httpConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "caps_http_connections", Help: "Open connections on the HTTP port (WebSocket sessions included).",
+		}),
+		httpRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "caps_http_connections_refused_total",
+			Help: "HTTP connections over a limit, by limit: total (--http-max-conns) or per_address (--http-max-conns-per-addr); they get health checks only, or are closed.",
+		}, []string{"limit"}),
+		expiredSessions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "caps_sessions_expired_total", Help: "Sessions closed because their token expired.",
+		}),
 	}
 	m.publishedLive, m.publishedStored = m.publishes.WithLabelValues("live"), m.publishes.WithLabelValues("stored")
 	r.MustRegister(m.conns, m.framesIn, m.framesOut, m.bytesIn, m.bytesOut, m.deliveries, m.errors, m.slowConsumers,
-		m.tlsErrors, m.publishes, m.storeLatency, m.deliveryLatency,
+		m.tlsErrors, m.publishes, m.storeLatency, m.deliveryLatency, m.httpConns, m.httpRefused, m.expiredSessions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -98,6 +118,63 @@ func (m *Metrics) observe(h *Hub) {
 		}),
 		newQueueCollector(h),
 	)
+	m.scrapeOnly = prometheus.NewRegistry()
+	m.scrapeOnly.MustRegister(newStreamCollector(h))
+}
+
+// streamCollector reports what every stream and bucket of the engine holds
+// against its limits, read from the engine at scrape time. On a cluster
+// every hub reports the same streams: do not sum them over hubs.
+type streamCollector struct {
+	h                                       *Hub
+	bytes, msgs, subjects, maxBytes, maxAge *prometheus.Desc
+}
+
+func newStreamCollector(h *Hub) *streamCollector {
+	l := []string{"stream"}
+	return &streamCollector{
+		h:        h,
+		bytes:    prometheus.NewDesc("caps_stream_bytes", "Bytes stored in a stream or bucket (KV_<bucket>).", l, nil),
+		msgs:     prometheus.NewDesc("caps_stream_messages", "Messages stored in a stream or bucket.", l, nil),
+		subjects: prometheus.NewDesc("caps_stream_subjects", "Distinct subjects (topics, keys) in a stream or bucket: for CHAT_ROOMS, rooms with history.", l, nil),
+		maxBytes: prometheus.NewDesc("caps_stream_max_bytes", "A stream's or bucket's byte limit (absent when it has none).", l, nil),
+		maxAge:   prometheus.NewDesc("caps_stream_max_age_seconds", "How long a stream or bucket keeps a message (absent when for ever).", l, nil),
+	}
+}
+
+func (c *streamCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.bytes
+	ch <- c.msgs
+	ch <- c.subjects
+	ch <- c.maxBytes
+	ch <- c.maxAge
+}
+
+// streamScrapeTimeout bounds the engine request a scrape makes.
+const streamScrapeTimeout = 2 * time.Second
+
+func (c *streamCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.h.eng == nil || !c.h.EngineReady() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), streamScrapeTimeout)
+	defer cancel()
+	list := c.h.eng.JS.ListStreams(ctx)
+	for info := range list.Info() {
+		name := info.Config.Name
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(info.State.Bytes), name)
+		ch <- prometheus.MustNewConstMetric(c.msgs, prometheus.GaugeValue, float64(info.State.Msgs), name)
+		ch <- prometheus.MustNewConstMetric(c.subjects, prometheus.GaugeValue, float64(info.State.NumSubjects), name)
+		if info.Config.MaxBytes > 0 {
+			ch <- prometheus.MustNewConstMetric(c.maxBytes, prometheus.GaugeValue, float64(info.Config.MaxBytes), name)
+		}
+		if info.Config.MaxAge > 0 {
+			ch <- prometheus.MustNewConstMetric(c.maxAge, prometheus.GaugeValue, info.Config.MaxAge.Seconds(), name)
+		}
+	}
+	if err := list.Err(); err != nil {
+		c.h.log.Debug("metrics: list streams", "err", err)
+	}
 }
 
 // queueCollector reports the sessions' outbound queues: their total, the
@@ -153,7 +230,7 @@ func (m *Metrics) observePublish(stored bool, took time.Duration) {
 
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+	return promhttp.HandlerFor(prometheus.Gatherers{m.Registry, m.scrapeOnly}, promhttp.HandlerOpts{Registry: m.Registry})
 }
 
 // Metrics returns the registry where an app registers its own collectors

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"strings"
+	"time"
 
 	"github.com/caps-hub/caps/protocol"
 )
@@ -13,6 +14,9 @@ type Identity struct {
 	Store string // a vendor's store; empty for other roles
 	// Perms, when set, replaces the role's default permissions (auth files set it).
 	Perms *Permissions
+	// Expires, when set, is when the credentials stop being valid: the hub
+	// closes the session then, with a fatal "unauthorized".
+	Expires time.Time
 }
 
 // Authenticator checks a HELLO and returns the identity it proves. An error

@@ -28,7 +28,7 @@ func (h *Hub) Reauthenticate() int {
 		case err != nil:
 			why = "credentials no longer valid: " + err.Error()
 		case !sameIdentity(id, s.ident):
-			why = "credentials changed (identity or permissions); reconnect"
+			why = "credentials changed (identity, permissions or expiry); reconnect"
 		default:
 			continue
 		}
@@ -41,7 +41,7 @@ func (h *Hub) Reauthenticate() int {
 }
 
 func sameIdentity(a, b Identity) bool {
-	if a.Role != b.Role || a.Name != b.Name || a.Store != b.Store {
+	if a.Role != b.Role || a.Name != b.Name || a.Store != b.Store || !a.Expires.Equal(b.Expires) {
 		return false
 	}
 	if (a.Perms == nil) != (b.Perms == nil) {

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -15,10 +16,19 @@ import (
 // (serveConn runs it like any connection, only never in the classroom
 // dialect). Browsers are held to Config.AllowedOrigins: by default only
 // pages served by the hub itself may connect; clients that send no Origin
-// header (not browsers) are not affected.
+// header (not browsers) are not affected. A browser must also reach the hub
+// by a host name it serves (Config.HTTPHosts).
 func (h *Hub) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if h.stopping.Load() {
 		http.Error(w, "hub shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	if r.Header.Get("Origin") != "" && !h.hosts.allows(r.Host) {
+		// A browser that reached us by a name we do not serve: a page
+		// whose own name was made to resolve here (DNS rebinding).
+		h.log.Info("websocket refused: a browser reached the hub by a host name it does not serve (add it with --http-hosts if it is yours)", "remote", r.RemoteAddr, "host", r.Host, "origin", r.Header.Get("Origin"))
+		writeProblem(w, http.StatusForbidden, "Unknown host",
+			fmt.Sprintf("this hub does not serve the host name %q to browsers; an operator adds it with --http-hosts", r.Host))
 		return
 	}
 	// Counted before the upgrade, while the HTTP server still tracks this

@@ -33,6 +33,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -104,6 +105,19 @@ func (a *Authenticator) Reload() error {
 	}
 	a.table.Store(t)
 	return nil
+}
+
+// LooseMode reports the file's permission bits when group or others may
+// read or write it: the file lists who may do what, and whoever can edit
+// it can grant themselves anything. The hub warns about it at start and at
+// every reload.
+func (a *Authenticator) LooseMode() (fs.FileMode, bool) {
+	fi, err := os.Stat(a.path)
+	if err != nil {
+		return 0, false
+	}
+	mode := fi.Mode().Perm()
+	return mode, mode&0o066 != 0
 }
 
 // Tokens returns how many tokens are loaded.
@@ -218,6 +232,9 @@ func (a *Authenticator) Authenticate(h protocol.Hello) (hub.Identity, error) {
 		return hub.Identity{}, ErrExpiredToken
 	}
 	id := hub.Identity{Role: e.Role, Name: e.Name, Store: e.Store}
+	if e.Expires != nil {
+		id.Expires = *e.Expires // the hub closes the session then
+	}
 	switch {
 	case e.Permissions != nil:
 		id.Perms = e.Permissions

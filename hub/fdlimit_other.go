@@ -1,0 +1,5 @@
+//go:build !unix
+
+package hub
+
+func (h *Hub) checkFileLimit() {}
