@@ -35,6 +35,18 @@ type AppConfig struct {
 	// room memberships (default 30s): its records are rewritten every
 	// PresenceTTL/3 while it lives.
 	PresenceTTL time.Duration
+
+	// Disk and room limits (docs/SECURITY.md). MaxBytes and MaxAge bound
+	// the rooms' stored messages (defaults 256 MiB and 30 days; the oldest
+	// go first), PresenceMaxBytes the names and memberships (default 64
+	// MiB). MaxRooms is how many rooms may have stored messages (default
+	// 1000): the first message of one more is refused. MaxRoomsPerClient is
+	// how many rooms one chat client may be in at once (default 50).
+	MaxBytes          int64
+	MaxAge            time.Duration
+	PresenceMaxBytes  int64
+	MaxRooms          int
+	MaxRoomsPerClient int
 }
 
 func (c *AppConfig) withDefaults() {
@@ -53,7 +65,26 @@ func (c *AppConfig) withDefaults() {
 	if c.PresenceTTL <= 0 {
 		c.PresenceTTL = 30 * time.Second
 	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = 256 << 20
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = 30 * 24 * time.Hour
+	}
+	if c.PresenceMaxBytes <= 0 {
+		c.PresenceMaxBytes = 64 << 20
+	}
+	if c.MaxRooms <= 0 {
+		c.MaxRooms = 1000
+	}
+	if c.MaxRoomsPerClient <= 0 {
+		c.MaxRoomsPerClient = 50
+	}
 }
+
+// presenceRecordMax bounds one presence record (a name, a room, a session
+// id, a hub name and a time: a few hundred bytes).
+const presenceRecordMax = 4 << 10
 
 // Names of the engine objects chat uses.
 const (
@@ -101,11 +132,12 @@ type roomRequest struct {
 // App is the chat application served by a hub. Create it with NewApp and
 // put it in hub.Config.Apps.
 type App struct {
-	cfg   AppConfig
-	host  *hub.Host
-	log   *slog.Logger
-	store *presenceStore
-	js    jetstream.JetStream
+	cfg       AppConfig
+	host      *hub.Host
+	log       *slog.Logger
+	store     *presenceStore
+	js        jetstream.JetStream
+	roomCount *roomCount // rooms with stored messages, against MaxRooms
 
 	mu       sync.Mutex
 	sessions map[string]*chatter // by session id, this hub's chat clients
@@ -135,14 +167,34 @@ func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 	a.log = host.Logger().With("app", "chat")
 	eng := host.Engine()
 	a.js = eng.JS
+	// A room keeps its last History messages; all rooms together keep at
+	// most MaxBytes for at most MaxAge, the oldest going first. A message
+	// over MaxPayload never reaches the stream (onPublish), and the stream
+	// itself refuses one (with its headers) that would.
 	if err := host.AddStream(ctx, engine.StreamSpec{
 		Name:              RoomsStream,
 		Topics:            []string{RoomTopic("*")},
 		MaxMsgsPerSubject: int64(a.cfg.History),
+		MaxBytes:          a.cfg.MaxBytes,
+		MaxAge:            a.cfg.MaxAge,
+		MaxMsgSize:        int32(MaxPayload(a.cfg.MaxText) + 1024),
 	}); err != nil {
 		return fmt.Errorf("chat: %w", err)
 	}
-	kv, err := eng.EnsureKV(ctx, engine.KVSpec{Bucket: PresenceBucket})
+	rooms, err := a.js.Stream(ctx, RoomsStream)
+	if err != nil {
+		return fmt.Errorf("chat: %w", err)
+	}
+	a.roomCount = &roomCount{stream: rooms, max: a.cfg.MaxRooms, known: map[string]time.Time{}}
+	// Records are rewritten every PresenceTTL/3 while their session lives,
+	// so an age limit far above that only ever removes leftovers (delete
+	// markers, records of hubs that died).
+	kv, err := eng.EnsureKV(ctx, engine.KVSpec{
+		Bucket:       PresenceBucket,
+		TTL:          max(10*a.cfg.PresenceTTL, 5*time.Minute),
+		MaxBytes:     a.cfg.PresenceMaxBytes,
+		MaxValueSize: presenceRecordMax,
+	})
 	if err != nil {
 		return fmt.Errorf("chat: %w", err)
 	}
@@ -168,8 +220,10 @@ func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 	host.OnDisconnect(a.onDisconnect)
 	host.OnSubscribe(RoomTopic("*"), a.onSubscribe)
 	host.OnUnsubscribe(RoomTopic("*"), a.onUnsubscribe)
-	host.OnPublish(RoomTopic("*"), a.onPublish)
-	host.OnPublish(DMTopic(">"), a.onPublish)
+	// Every client publish under chat. passes onPublish: rooms and private
+	// messages are checked there, anything else (presence is the hub's
+	// own) is refused, whatever permissions an auth file grants.
+	host.OnPublish("chat.>", a.onPublish)
 	host.Handle(ServiceWho, a.who)
 	host.Handle(ServiceRooms, a.rooms)
 	host.Handle(ServiceHistory, a.history)
@@ -193,6 +247,10 @@ func (a *App) onConnect(ctx context.Context, s hub.SessionInfo) error {
 	rev, _, err := a.store.claim(ctx, nameKey(s.Name), rec, s.Resume, true)
 	if errors.Is(err, errTaken) {
 		return hub.Reject(protocol.CodeNameTaken, fmt.Sprintf("name %s is in use; choose another with --name", s.Name))
+	}
+	if engine.IsFull(err) {
+		a.log.Warn("chat presence bucket full: new names refused", "name", s.Name, "err", err)
+		return hub.Reject(protocol.CodeStoreFull, "the hub holds as many chat names as it may (--chat-presence-max-bytes); retry later")
 	}
 	if err != nil {
 		a.log.Warn("claim chat name", "name", s.Name, "err", err)
@@ -249,6 +307,9 @@ func (a *App) onSubscribe(ctx context.Context, s hub.SessionInfo, pattern string
 	defer c.mu.Unlock()
 	if _, in := c.rooms[room]; in || c.gone {
 		return nil // a second SUB to the same room: still one membership
+	}
+	if len(c.rooms) >= a.cfg.MaxRoomsPerClient {
+		return hub.Reject(protocol.CodeTooManyRooms, fmt.Sprintf("you are in %d rooms, the most one client may be in; leave one first", len(c.rooms)))
 	}
 	rec := record{Name: s.Name, Room: room, Session: s.ID, Hub: s.Hub, Since: time.Now().UTC()}
 	rev, resumed, err := a.store.claim(ctx, memberKey(room, s.Name), rec, s.Resume, false)
@@ -313,20 +374,32 @@ func (a *App) announce(ctx context.Context, room, name, kind string) {
 	}
 }
 
-// onPublish checks a chat message: who may send it, that it says who sent
-// it truthfully, its length, and the sender's rate.
+// onPublish checks a client's publish under chat.: who may send it, that
+// it is a well-formed Message and nothing more, that it says truthfully
+// who sent it (for every role: the hub, not the client, decides who said
+// something), and the room, size and rate limits.
 func (a *App) onPublish(ctx context.Context, s hub.SessionInfo, topic string, payload []byte) error {
-	if s.Role != protocol.RoleChat {
-		if s.Role == protocol.RoleAdmin {
-			return nil
+	room, isRoom := roomOf(topic, roomPrefix)
+	to, isDM := strings.CutPrefix(topic, dmPrefix)
+	if !isRoom && !isDM {
+		return hub.Reject(protocol.CodeForbidden, fmt.Sprintf("%s is not a chat topic clients publish on: rooms are %s<room>, private messages %s<name>", topic, roomPrefix, dmPrefix))
+	}
+	var c *chatter
+	switch s.Role {
+	case protocol.RoleChat:
+		if c = a.chatter(s.ID); c == nil {
+			return hub.Reject(protocol.CodeInternal, "chat session not registered")
 		}
+	case protocol.RoleAdmin:
+		// An operator may speak anywhere, under its own name only — and not
+		// under a name a chat client holds now.
+	default:
 		return hub.Reject(protocol.CodeForbidden, "only chat clients (role chat) may post chat messages")
 	}
-	c := a.chatter(s.ID)
-	if c == nil {
-		return hub.Reject(protocol.CodeInternal, "chat session not registered")
+	m, err := decodeStrict(payload, MaxPayload(a.cfg.MaxText))
+	if errors.Is(err, errTooLarge) {
+		return hub.Reject(protocol.CodeTooLarge, err.Error())
 	}
-	m, err := decode(payload)
 	if err != nil {
 		return hub.Reject(protocol.CodeBadRequest, err.Error())
 	}
@@ -342,34 +415,45 @@ func (a *App) onPublish(ctx context.Context, s hub.SessionInfo, topic string, pa
 	if err := checkText(m.Text, a.cfg.MaxText); err != nil {
 		return hub.Reject(protocol.CodeBadRequest, err.Error())
 	}
-	var to string
-	if room, ok := roomOf(topic, roomPrefix); ok {
+	if isRoom {
 		if m.Room != room || m.To != "" {
 			return hub.Reject(protocol.CodeBadRequest, fmt.Sprintf("message for room %q published on %s", m.Room, topic))
 		}
-		c.mu.Lock()
-		_, in := c.rooms[room]
-		c.mu.Unlock()
-		if !in {
-			return hub.Reject(protocol.CodeForbidden, fmt.Sprintf("you are not in room %s; /join %s first", room, room))
+		if c != nil {
+			c.mu.Lock()
+			_, in := c.rooms[room]
+			c.mu.Unlock()
+			if !in {
+				return hub.Reject(protocol.CodeForbidden, fmt.Sprintf("you are not in room %s; /join %s first", room, room))
+			}
 		}
-	} else {
-		to = strings.TrimPrefix(topic, dmPrefix)
-		if !protocol.ValidName(to) || m.To != to || m.Room != "" {
-			return hub.Reject(protocol.CodeBadRequest, fmt.Sprintf("private message for %q published on %s", m.To, topic))
-		}
+	} else if !protocol.ValidName(to) || m.To != to || m.Room != "" {
+		return hub.Reject(protocol.CodeBadRequest, fmt.Sprintf("private message for %q published on %s", m.To, topic))
 	}
-	if !c.limit.Allow() {
+	if c != nil && !c.limit.Allow() {
 		return hub.Reject(protocol.CodeRateLimited, fmt.Sprintf("slow down: at most %g messages per second (bursts of %d)", a.cfg.Rate, a.cfg.Burst))
 	}
-	if to != "" {
-		on, err := a.store.online(ctx, to)
+	if c == nil {
+		held, err := a.store.online(ctx, s.Name)
 		if err != nil {
-			return hub.Reject(protocol.CodeUnavailable, "cannot look the recipient up (engine unavailable); retry")
+			return hub.Reject(protocol.CodeUnavailable, "cannot check who holds the name (engine unavailable); retry")
 		}
-		if !on {
-			return hub.Reject(protocol.CodeNotFound, fmt.Sprintf("%s is not online", to))
+		if held {
+			return hub.Reject(protocol.CodeForbidden, fmt.Sprintf("the chat name %q belongs to a chat client now; an admin speaks under a name of its own", s.Name))
 		}
+	}
+	if isRoom {
+		if err := a.roomCount.admit(ctx, room); err != nil {
+			return err
+		}
+		return nil
+	}
+	on, err := a.store.online(ctx, to)
+	if err != nil {
+		return hub.Reject(protocol.CodeUnavailable, "cannot look the recipient up (engine unavailable); retry")
+	}
+	if !on {
+		return hub.Reject(protocol.CodeNotFound, fmt.Sprintf("%s is not online", to))
 	}
 	return nil
 }

@@ -9,7 +9,9 @@
 //	chat.presence.<room>  joined/left, published by the hub (live)
 //	chat.dm.<name>        private messages to <name> (live, never stored)
 //
-// Every payload is a JSON Message.
+// Every payload is a JSON Message. The hub accepts from a client only a
+// Message as a whole: at most MaxPayload bytes, its documented fields each
+// once and spelled exactly, and a From that is the sender's own name.
 package chat
 
 import (
