@@ -18,7 +18,8 @@ func newHubCmd() *cobra.Command {
 	var cfg hub.Config
 	var syncAlways bool
 	var natsCluster, natsRoutes, natsClient, natsClusterName string
-	var origins string
+	var origins, httpHosts string
+	var chatCfg chat.AppConfig
 	var sec hubSecurity
 	cmd := &cobra.Command{
 		Use:   "hub",
@@ -60,10 +61,24 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 			if origins != "" {
 				cfg.AllowedOrigins = strings.Split(origins, ",")
 			}
+			if httpHosts != "" {
+				cfg.HTTPHosts = strings.Split(httpHosts, ",")
+			}
+			switch cfg.MetricsAccess {
+			case "auto":
+				cfg.MetricsAccess = "" // the hub's default: token with --auth, else open
+			case hub.MetricsOpen, hub.MetricsOff:
+			case hub.MetricsToken:
+				if sec.authFile == "" {
+					return fmt.Errorf("--metrics token needs --auth FILE: the token must be an admin's or a logger's from it")
+				}
+			default:
+				return fmt.Errorf("--metrics %q: want auto, open, token or off", cfg.MetricsAccess)
+			}
 			if err := sec.apply(cmd.Context(), &cfg); err != nil {
 				return err
 			}
-			apps, err := hubApps(cmd, &cfg)
+			apps, err := hubApps(cmd, &cfg, chatCfg)
 			if err != nil {
 				return err
 			}
@@ -100,17 +115,31 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.IntVar(&cfg.MaxInFlight, "max-inflight", 64, "unacknowledged durable deliveries per connection")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "drain deadline on SIGTERM")
 	f.BoolVar(&cfg.Quiet, "quiet", false, "do not print EVENT lines")
+	// The HTTP port (docs/SECURITY.md).
+	f.IntVar(&cfg.HTTPMaxConns, "http-max-conns", 10000, "maximum open connections on the HTTP port, WebSocket sessions included")
+	f.IntVar(&cfg.HTTPMaxConnsPerAddr, "http-max-conns-per-addr", 256, "maximum open connections on the HTTP port from one IP address")
+	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", 30*time.Second, "close keep-alive HTTP connections idle this long")
+	f.StringVar(&httpHosts, "http-hosts", "", `host names browsers may reach /ws by, comma-separated, besides IP addresses, localhost, this machine's name and the TLS certificate's names ("*.example.com" patterns; "*" = any)`)
+	f.StringVar(&cfg.MetricsAccess, "metrics", "auto", "who may read /metrics: open, token (Authorization: Bearer <admin or logger token>), off; auto = token with --auth, else open")
+	// Disk bounds (docs/OPERATIONS.md, Limits).
+	f.DurationVar(&cfg.ClientsMaxAge, "clients-max-age", 7*24*time.Hour, "keep connection events (stream CAPS_CLIENTS) this long")
+	f.Int64Var(&cfg.ClientsMaxBytes, "clients-max-bytes", 64<<20, "keep at most this many bytes of connection events (the oldest go first)")
+	f.Int64Var(&chatCfg.MaxBytes, "chat-max-bytes", 256<<20, "keep at most this many bytes of chat rooms' messages (the oldest go first)")
+	f.DurationVar(&chatCfg.MaxAge, "chat-max-age", 30*24*time.Hour, "keep chat rooms' messages this long")
+	f.IntVar(&chatCfg.MaxRooms, "chat-max-rooms", 1000, "chat rooms that may have stored messages; the first message of one more is refused (too_many_rooms)")
+	f.IntVar(&chatCfg.MaxRoomsPerClient, "chat-rooms-per-client", 50, "chat rooms one chat client may be in at once (too_many_rooms)")
+	f.Int64Var(&chatCfg.PresenceMaxBytes, "chat-presence-max-bytes", 64<<20, "bytes of chat names and room memberships (bucket CHAT_PRESENCE)")
 	sec.addFlags(cmd)
 	return cmd
 }
 
 // hubApps builds the applications the hub serves (parcel dispatcher, chat).
-func hubApps(_ *cobra.Command, _ *hub.Config) ([]hub.App, error) {
+func hubApps(_ *cobra.Command, _ *hub.Config, chatCfg chat.AppConfig) ([]hub.App, error) {
 	var apps []hub.App
 	// Parcels: order state, lifecycle rules, tracking (vendors, drivers).
 	apps = append(apps, parcel.NewDispatcher(parcel.Options{}))
 	// Chat: rooms, presence, history and private messages (role chat).
-	apps = append(apps, chat.NewApp(chat.AppConfig{}))
+	apps = append(apps, chat.NewApp(chatCfg))
 	// The web dashboard, at / on the HTTP port.
 	apps = append(apps, dashboard.New(dashboard.Options{Assets: web.Dashboard()}))
 	return apps, nil

@@ -59,6 +59,7 @@ func (s *hubSecurity) apply(ctx context.Context, cfg *hub.Config) error {
 	}
 	cfg.Auth = a
 	log.Info("authentication on", "file", s.authFile, "tokens", a.Tokens())
+	warnLooseAuthFile(log, s.authFile, a)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
@@ -77,8 +78,17 @@ func (s *hubSecurity) apply(ctx context.Context, cfg *hub.Config) error {
 					closed = h.Reauthenticate()
 				}
 				log.Info("auth file reloaded", "file", s.authFile, "tokens", a.Tokens(), "sessions_closed", closed)
+				warnLooseAuthFile(log, s.authFile, a)
 			}
 		}
 	}()
 	return nil
+}
+
+// warnLooseAuthFile says when the auth file is open to group or others.
+func warnLooseAuthFile(log *slog.Logger, path string, a *auth.Authenticator) {
+	if mode, loose := a.LooseMode(); loose {
+		log.Warn("the auth file may be read or changed by other users: make it 0600 and owned by the hub's user (chmod 600)",
+			"file", path, "mode", mode.String())
+	}
 }

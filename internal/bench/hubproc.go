@@ -78,7 +78,8 @@ func ServeHubFromEnv(ctx context.Context, log *slog.Logger) error {
 	cfg := hub.Config{
 		Addr: spec.Addr, HTTPAddr: spec.HTTPAddr, DataDir: spec.DataDir, Name: "bench",
 		Quiet: true, PubRate: -1, SyncAlways: &spec.SyncAlways, MaxConns: 1 << 20, Logger: log,
-		Apps: []hub.App{parcel.NewDispatcher(parcel.Options{})},
+		MetricsAccess: hub.MetricsOpen, // read by the conns scenario, without a token
+		Apps:          []hub.App{parcel.NewDispatcher(parcel.Options{})},
 	}
 	if spec.AuthFile != "" {
 		a, err := auth.Load(spec.AuthFile)
