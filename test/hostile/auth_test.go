@@ -21,10 +21,12 @@ func TestSessionClosedWhenTokenExpires(t *testing.T) {
 		auth.Entry{Name: "brief", Role: protocol.RoleClient, Expires: &expires},
 		auth.Entry{Name: "lasting", Role: protocol.RoleClient},
 	)
-	// The expiry check rides on the heartbeat ticker (a quarter heartbeat).
+	// The expiry check rides on the heartbeat ticker (every quarter
+	// heartbeat: 1 s here), while the other client, silent meanwhile, has
+	// two heartbeats before it counts as dead.
 	tg := startTarget(t, setup{hub: func(c *hub.Config) {
 		withAuth(c)
-		c.Heartbeat = 400 * time.Millisecond
+		c.Heartbeat = 4 * time.Second
 		c.MetricsAccess = hub.MetricsOpen
 	}})
 	brief := dial(t, tg.tcp)

@@ -23,6 +23,7 @@ package hostile_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -48,6 +49,9 @@ type wire struct {
 	c      net.Conn
 	rd     *protocol.Reader
 	nextID uint64
+	// held are frames read while waiting for another, kept for the next
+	// wait: an answer and a delivery may arrive in either order.
+	held []*protocol.Frame
 }
 
 // dial opens a TCP connection to a hub's CAPS port; it is closed when the
@@ -133,9 +137,10 @@ func (w *wire) sub(pattern string, opts *protocol.SubOptions) uint64 {
 	return id
 }
 
-// until reads frames until match accepts one, answering PINGs on the way,
-// and fails the test if none comes within wait or the connection ends.
-// The frame returned is the caller's (copied out of the reader's buffer).
+// until returns the first frame match accepts — one held from an earlier
+// wait, or read now, answering PINGs on the way — and fails the test if
+// none comes within wait or the connection ends. Frames it passes over are
+// held for later waits.
 func (w *wire) until(what string, match func(*protocol.Frame) bool) *protocol.Frame {
 	w.t.Helper()
 	f, err := w.read(time.Now().Add(wait), match)
@@ -148,6 +153,12 @@ func (w *wire) until(what string, match func(*protocol.Frame) bool) *protocol.Fr
 // read is until without failing: it returns the connection's error (EOF
 // once the hub closed it, a timeout at the deadline).
 func (w *wire) read(deadline time.Time, match func(*protocol.Frame) bool) (*protocol.Frame, error) {
+	for i, f := range w.held {
+		if match(f) {
+			w.held = append(w.held[:i], w.held[i+1:]...)
+			return f, nil
+		}
+	}
 	w.c.SetReadDeadline(deadline)
 	defer w.c.SetReadDeadline(time.Time{})
 	for {
@@ -156,19 +167,30 @@ func (w *wire) read(deadline time.Time, match func(*protocol.Frame) bool) (*prot
 			return nil, err
 		}
 		if f.Op == protocol.OpPing {
-			w.send(&protocol.Frame{Op: protocol.OpPong})
+			// Best effort: a hub closing the connection may ping first.
+			w.c.SetWriteDeadline(time.Now().Add(wait))
+			w.c.Write(pong)
 			continue
 		}
-		if match(f) {
-			cp := *f
-			cp.Topic = append([]byte(nil), f.Topic...)
-			cp.Key = append([]byte(nil), f.Key...)
-			cp.Group = append([]byte(nil), f.Group...)
-			cp.Payload = append([]byte(nil), f.Payload...)
+		cp := *f // out of the reader's buffer
+		cp.Topic = append([]byte(nil), f.Topic...)
+		cp.Key = append([]byte(nil), f.Key...)
+		cp.Group = append([]byte(nil), f.Group...)
+		cp.Payload = append([]byte(nil), f.Payload...)
+		if match(&cp) {
 			return &cp, nil
 		}
+		if len(w.held) >= maxHeld {
+			return nil, fmt.Errorf("%d frames arrived without the one awaited", maxHeld)
+		}
+		w.held = append(w.held, &cp)
 	}
 }
+
+var pong = (&protocol.Frame{Op: protocol.OpPong}).Encode()
+
+// maxHeld bounds the frames a connection holds for later waits.
+const maxHeld = 10000
 
 // answer waits for the OK or ERR answering correlation id.
 func (w *wire) answer(id uint64) *protocol.Frame {
