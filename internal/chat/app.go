@@ -181,11 +181,7 @@ func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 	}); err != nil {
 		return fmt.Errorf("chat: %w", err)
 	}
-	rooms, err := a.js.Stream(ctx, RoomsStream)
-	if err != nil {
-		return fmt.Errorf("chat: %w", err)
-	}
-	a.roomCount = &roomCount{stream: rooms, max: a.cfg.MaxRooms, known: map[string]time.Time{}}
+	a.roomCount = &roomCount{js: a.js, max: a.cfg.MaxRooms, known: map[string]time.Time{}}
 	// Records are rewritten every PresenceTTL/3 while their session lives,
 	// so an age limit far above that only ever removes leftovers (delete
 	// markers, records of hubs that died).

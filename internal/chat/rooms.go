@@ -21,11 +21,12 @@ import (
 // subjects, shared by every hub; rooms started on several hubs at the same
 // instant may pass it by that many.
 type roomCount struct {
-	stream jetstream.Stream
-	max    int
+	js  jetstream.JetStream
+	max int
 
-	mu    sync.Mutex
-	known map[string]time.Time // rooms seen with messages, and when
+	mu     sync.Mutex
+	stream jetstream.Stream     // looked up at first use: on a cluster, a stream another hub has just created may not be visible yet at start
+	known  map[string]time.Time // rooms seen with messages, and when
 }
 
 // roomKnownFor is how long a room seen with messages is taken to still have
@@ -37,11 +38,21 @@ const roomKnownFor = time.Minute
 func (r *roomCount) admit(ctx context.Context, room string) error {
 	r.mu.Lock()
 	seen, ok := r.known[room]
+	stream := r.stream
 	r.mu.Unlock()
 	if ok && time.Since(seen) < roomKnownFor {
 		return nil
 	}
-	_, err := r.stream.GetLastMsgForSubject(ctx, engine.Subject(RoomTopic(room)))
+	if stream == nil {
+		s, err := r.js.Stream(ctx, RoomsStream)
+		if err != nil {
+			return hub.Reject(protocol.CodeUnavailable, fmt.Sprintf("cannot reach the rooms' stream (%v); retry", err))
+		}
+		r.mu.Lock()
+		r.stream, stream = s, s
+		r.mu.Unlock()
+	}
+	_, err := stream.GetLastMsgForSubject(ctx, engine.Subject(RoomTopic(room)))
 	switch {
 	case err == nil:
 		r.remember(room)
@@ -49,7 +60,7 @@ func (r *roomCount) admit(ctx context.Context, room string) error {
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return hub.Reject(protocol.CodeUnavailable, fmt.Sprintf("cannot look room %s up (engine unavailable); retry", room))
 	}
-	info, err := r.stream.Info(ctx)
+	info, err := stream.Info(ctx)
 	if err != nil {
 		return hub.Reject(protocol.CodeUnavailable, fmt.Sprintf("cannot count the rooms (engine unavailable): %v; retry", err))
 	}
