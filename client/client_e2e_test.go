@@ -19,7 +19,6 @@ import (
 
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
-	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
@@ -30,7 +29,7 @@ import (
 type testApp struct{}
 
 func (testApp) Setup(ctx context.Context, x *hub.Host) error {
-	if err := x.AddStream(ctx, engine.StreamSpec{Name: "E2E", Topics: []string{"store.>"}, Duplicates: time.Minute}); err != nil {
+	if err := x.AddStream(ctx, hub.StreamSpec{Name: "E2E", Topics: []string{"store.>"}, Duplicates: time.Minute}); err != nil {
 		return err
 	}
 	x.Handle("test.echo", func(_ context.Context, _ hub.SessionInfo, p []byte) ([]byte, error) { return p, nil })

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -21,14 +20,20 @@ type App interface {
 
 // SessionInfo describes a connected client to hooks and services.
 type SessionInfo struct {
-	ID      string    `json:"id"`
-	Role    string    `json:"role"`
-	Name    string    `json:"name"`
-	Store   string    `json:"store,omitempty"`
-	Remote  string    `json:"remote"`
-	Hub     string    `json:"hub"`
-	Dialect string    `json:"dialect"` // "caps", "websocket" or "classroom"
-	Since   time.Time `json:"since"`
+	ID   string `json:"id"`
+	Role string `json:"role"`
+	Name string `json:"name"`
+	// Attrs are the identity's attributes (Identity.Attrs), e.g. a vendor's
+	// "store". Do not change the map: it is shared.
+	Attrs  map[string]string `json:"attrs,omitempty"`
+	Remote string            `json:"remote"`
+	Hub    string            `json:"hub"`
+	// Dialect is the wire format the client speaks: "caps" (frames) or
+	// "classroom" (bare JSON objects).
+	Dialect string `json:"dialect"`
+	// Transport is how it is connected: "tcp", "tls" or "websocket".
+	Transport string    `json:"transport"`
+	Since     time.Time `json:"since"`
 	// Resume is the session id the client had before reconnecting (from its
 	// HELLO), so an app can hand that session's state (a chat name, room
 	// memberships) to this one. Kept out of events: it is only as secret as
@@ -36,7 +41,11 @@ type SessionInfo struct {
 	Resume string `json:"-"`
 }
 
+// Attr returns the attribute key, or "".
+func (s SessionInfo) Attr(key string) string { return s.Attrs[key] }
+
 // Hook signatures. Hooks must not keep the payload slice: it is reused.
+// Their context ends after HookTimeout (a service's after ServiceTimeout).
 type (
 	// PublishHook may refuse a client's publish (return a *protocol.Error or
 	// any error, reported as "rejected"). It runs before the message is stored.
@@ -66,9 +75,6 @@ type Host struct {
 	h *Hub
 }
 
-// Engine returns the hub's engine (NATS connection and JetStream).
-func (x *Host) Engine() *engine.Engine { return x.h.eng }
-
 // Logger returns the hub's logger.
 func (x *Host) Logger() *slog.Logger { return x.h.log }
 
@@ -78,19 +84,12 @@ func (x *Host) HubName() string { return x.h.cfg.Name }
 // Heartbeat returns the hub's heartbeat interval (a peer is dead after 2×).
 func (x *Host) Heartbeat() time.Duration { return x.h.cfg.Heartbeat }
 
-// AddStream creates (idempotently) a stream and marks its topics as stored:
-// publishes to them are acknowledged only once on disk, and they may be
-// subscribed durably.
-func (x *Host) AddStream(ctx context.Context, spec engine.StreamSpec) error {
-	if _, err := x.h.eng.EnsureStream(ctx, spec); err != nil {
-		return err
-	}
-	x.h.streams = append(x.h.streams, spec)
-	return nil
-}
-
 // Grant adds permissions to a role's defaults.
 func (x *Host) Grant(role string, p Permissions) { x.h.policy.grant(role, p) }
+
+// OnIdentify registers a hook that completes every identity before its
+// permissions are compiled (IdentifyHook).
+func (x *Host) OnIdentify(fn IdentifyHook) { x.h.identifyHooks = append(x.h.identifyHooks, fn) }
 
 // OnPublish registers a hook for client publishes on topics matching pattern.
 func (x *Host) OnPublish(pattern string, fn PublishHook) {

@@ -19,11 +19,11 @@ import (
 // longer) connected to this hub.
 func (x *Host) MayReceive(sessionID, topic string) bool {
 	s := x.h.sessionByID(sessionID)
-	if s == nil || s.perms == nil {
+	if s == nil {
 		return false
 	}
-	t := []byte(topic)
-	return s.perms.canSubscribe(t) && !s.perms.deniedDelivery(t)
+	t, p := []byte(topic), s.perms.Load()
+	return p.canSubscribe(t) && !p.deniedDelivery(t)
 }
 
 // HandleHTTP adds routes to the hub's HTTP server, like Hub.HandleHTTP, for

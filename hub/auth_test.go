@@ -110,7 +110,7 @@ func TestAuthRefusesBadTokens(t *testing.T) {
 	r.c.Write([]byte(`{"event":"pickup","payload":{}}`))
 	buf := make([]byte, 512)
 	n, _ := r.c.Read(buf)
-	if !strings.Contains(string(buf[:n]), protocol.CodeLegacyDisabled) {
+	if !strings.Contains(string(buf[:n]), protocol.CodeClassroomDisabled) {
 		t.Fatalf("classroom client on an auth hub: got %q", buf[:n])
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/caps-hub/caps/hub"
-	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
@@ -163,7 +162,7 @@ func BenchmarkFanout(b *testing.B) {
 type perfStoredApp struct{}
 
 func (perfStoredApp) Setup(ctx context.Context, x *hub.Host) error {
-	return x.AddStream(ctx, engine.StreamSpec{Name: "BENCH_STORED", Topics: []string{"bench.stored.>"}, MaxAge: time.Hour})
+	return x.AddStream(ctx, hub.StreamSpec{Name: "BENCH_STORED", Topics: []string{"bench.stored.>"}, MaxAge: time.Hour})
 }
 
 // BenchmarkStoredPublishPipelined: publishes to a stored topic, each answered with an

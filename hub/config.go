@@ -35,13 +35,15 @@ type Config struct {
 
 	// Auth authenticates HELLOs; nil runs the hub open (identities are self-declared).
 	Auth Authenticator
-	// Legacy allows the classroom JSON dialect: "auto" (default: only when Auth is nil), "on", "off".
-	Legacy string
-	// LegacyGrace is how long a classroom connection may stay silent before
-	// it is taken for what an app presumes of silent ones — the parcel app:
-	// a driver (default 6s, longer than the classroom vendor's 5 s interval,
-	// so that a vendor is not mistaken for a driver before its first order).
-	LegacyGrace time.Duration
+	// Classroom allows the classroom JSON dialect: ClassroomAuto (the
+	// default: only when Auth is nil), ClassroomOn or ClassroomOff.
+	Classroom string
+	// ClassroomGrace is how long a classroom connection may stay silent
+	// before it is taken for what an app presumes of silent ones — the
+	// parcel app: a driver (default 6s, longer than the classroom vendor's
+	// 5 s interval, so that a vendor is not mistaken for a driver before its
+	// first order).
+	ClassroomGrace time.Duration
 	// AllowedOrigins for WebSocket upgrades (host patterns); empty allows same-origin only,
 	// "*" allows any origin.
 	AllowedOrigins []string
@@ -112,11 +114,11 @@ func (c *Config) withDefaults() {
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = ":8080"
 	}
-	if c.Legacy == "" {
-		c.Legacy = "auto"
+	if c.Classroom == "" {
+		c.Classroom = ClassroomAuto
 	}
-	if c.LegacyGrace <= 0 {
-		c.LegacyGrace = 6 * time.Second
+	if c.ClassroomGrace <= 0 {
+		c.ClassroomGrace = 6 * time.Second
 	}
 	if c.HTTPMaxConns <= 0 {
 		c.HTTPMaxConns = 10000
@@ -179,17 +181,6 @@ func (c *Config) withDefaults() {
 		t := true
 		c.SyncAlways = &t
 	}
-}
-
-// legacyAllowed reports whether the classroom dialect is accepted.
-func (c *Config) legacyAllowed() bool {
-	switch c.Legacy {
-	case "on":
-		return true
-	case "off":
-		return false
-	}
-	return c.Auth == nil
 }
 
 // fdReserve is the file descriptors kept beyond the connection limits for

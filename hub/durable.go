@@ -22,11 +22,22 @@ import (
 // name: each stored message goes to one of them and waits for its ACK.
 // A hub runs one consumer subscription per durable name, whatever the number
 // of its local members.
+//
+// Locks: d.mu guards the tables and is never held across an engine call;
+// g.mu guards a group's members and what they hold, and is taken after
+// d.mu when both are.
 type durables struct {
 	h      *Hub
 	mu     sync.Mutex
 	groups map[string]*durableGroup
-	nextID atomic.Uint64
+	// creating holds the consumers being looked up or created, by name: a
+	// second subscription to the same durable waits for the first one's
+	// engine call (it needs its outcome), any other goes ahead.
+	creating map[string]chan struct{}
+	nextID   atomic.Uint64
+	// ensure looks up (or creates) a consumer: ensureConsumer, which a test
+	// of this package replaces to make one engine call slow.
+	ensure func(ctx context.Context, stream, name string, sb subRequest) error
 }
 
 type durableGroup struct {
@@ -65,18 +76,21 @@ func ConsumerName(name, pattern string) string {
 }
 
 func newDurables(h *Hub) *durables {
-	return &durables{h: h, groups: map[string]*durableGroup{}}
+	d := &durables{h: h, groups: map[string]*durableGroup{}, creating: map[string]chan struct{}{}}
+	d.ensure = d.ensureConsumer
+	return d
 }
 
-// join adds s to the durable group name, creating the JetStream consumer on
-// first use. The consumer is not started until start(m), after the OK.
-func (d *durables) join(ctx context.Context, s *Session, pattern, name string, flags protocol.Flags, opts protocol.SubOptions) (*durableMember, error) {
-	if !durableNameRE.MatchString(name) {
-		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("bad durable name %q: 1-64 of A-Z a-z 0-9 _ -", name))
+// join adds s to the durable group sb names, creating the JetStream
+// consumer on first use. The consumer is not started until start(m), once
+// the subscription is accepted.
+func (d *durables) join(ctx context.Context, s *Session, sb subRequest) (*durableMember, error) {
+	if !durableNameRE.MatchString(sb.Durable) {
+		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("bad durable name %q: 1-64 of A-Z a-z 0-9 _ -", sb.Durable))
 	}
-	stream := d.h.streamFor([]byte(pattern))
+	stream := d.h.streamFor([]byte(sb.Pattern))
 	if stream == "" {
-		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("%q is not a stored topic; durable subscriptions need one", pattern))
+		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("%q is not a stored topic; durable subscriptions need one", sb.Pattern))
 	}
 	if !d.h.EngineReady() {
 		return nil, Reject(protocol.CodeUnavailable, "the engine is unavailable")
@@ -86,85 +100,112 @@ func (d *durables) join(ctx context.Context, s *Session, pattern, name string, f
 	// pattern of its own, because a different pattern is a different
 	// consumer. Sharing a durable therefore takes the right to subscribe to
 	// its very pattern.
-	name = ConsumerName(name, pattern)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	g := d.groups[name]
-	if g != nil {
-		g.mu.Lock()
-		closed := g.closed
-		g.mu.Unlock()
-		if closed {
-			g = nil // its last member is leaving; start afresh
+	name := ConsumerName(sb.Durable, sb.Pattern)
+	for {
+		d.mu.Lock()
+		if g := d.groups[name]; g != nil {
+			if m := g.add(s, sb, d); m != nil {
+				d.mu.Unlock()
+				return m, nil
+			}
 		}
-	}
-	if g == nil {
-		if _, err := d.ensureConsumer(ctx, stream, pattern, name, flags, opts); err != nil {
+		if busy, ok := d.creating[name]; ok {
+			d.mu.Unlock()
+			select {
+			case <-busy:
+				continue
+			case <-ctx.Done():
+				return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("durable %q: its consumer is still being created: %v", sb.Durable, ctx.Err()))
+			}
+		}
+		done := make(chan struct{})
+		d.creating[name] = done
+		d.mu.Unlock()
+
+		err := d.ensure(ctx, stream, name, sb) // no lock held: other durables go on
+
+		d.mu.Lock()
+		delete(d.creating, name)
+		close(done)
+		if err != nil {
+			d.mu.Unlock()
 			return nil, err
 		}
-		g = &durableGroup{d: d, name: name, stream: stream, pattern: pattern}
+		g := &durableGroup{d: d, name: name, stream: stream, pattern: sb.Pattern}
 		g.cond = sync.NewCond(&g.mu)
-		d.groups[name] = g
+		d.groups[name] = g // replaces a group whose last member was leaving
+		m := g.add(s, sb, d)
+		d.mu.Unlock()
+		return m, nil
+	}
+}
+
+// add makes s a member of g, or returns nil when g is closed (its last
+// member is leaving: the caller starts afresh). Called with d.mu held.
+func (g *durableGroup) add(s *Session, sb subRequest, d *durables) *durableMember {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil
 	}
 	m := &durableMember{
-		g: g, s: s, pattern: pattern,
+		g: g, s: s, pattern: sb.Pattern,
 		sid:      durableSIDBase + d.nextID.Add(1),
-		max:      opts.MaxInFlight,
+		max:      sb.MaxInFlight,
 		inflight: map[uint64]jetstream.Msg{},
 	}
 	if m.max <= 0 {
 		m.max = d.h.cfg.MaxInFlight
 	}
-	g.mu.Lock()
 	g.members = append(g.members, m)
-	g.mu.Unlock()
-	return m, nil
+	return m
 }
 
-// ensureConsumer creates the consumer, or points an existing one at pattern.
-func (d *durables) ensureConsumer(ctx context.Context, stream, pattern, name string, flags protocol.Flags, opts protocol.SubOptions) (jetstream.Consumer, error) {
+// ensureConsumer looks up the consumer, or creates it. An existing one must
+// be bound to sb's pattern.
+func (d *durables) ensureConsumer(ctx context.Context, stream, name string, sb subRequest) error {
 	js := d.h.eng.JS
 	c, err := js.Consumer(ctx, stream, name)
 	if err == nil {
 		info := c.CachedInfo()
-		if info.Config.FilterSubject == engine.Subject(pattern) {
-			return c, nil
+		if info.Config.FilterSubject == engine.Subject(sb.Pattern) {
+			return nil
 		}
 		// A durable keeps the pattern it was created for. Letting a SUB
 		// re-point it would let any client that may subscribe to some stored
 		// pattern take over another's durable (say a vendor's, by name): the
 		// owner's pending messages would be skipped, and its members on
 		// other hubs handed the newcomer's topics.
-		return nil, Reject(protocol.CodeForbidden, fmt.Sprintf("durable %q is bound to %q; use another durable name for %q",
-			name, engine.Topic(info.Config.FilterSubject), pattern))
+		return Reject(protocol.CodeForbidden, fmt.Sprintf("durable %q is bound to %q; use another durable name for %q",
+			name, engine.Topic(info.Config.FilterSubject), sb.Pattern))
 	}
 	if !engine.IsNotFound(err) {
-		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("consumer %s: %v", name, err))
+		return Reject(protocol.CodeUnavailable, fmt.Sprintf("consumer %s: %v", name, err))
 	}
 	ackWait := d.h.cfg.AckWait
-	if opts.AckWaitMS > 0 {
-		ackWait = time.Duration(opts.AckWaitMS) * time.Millisecond
+	if sb.AckWait > 0 {
+		ackWait = sb.AckWait
 	}
 	deliver := jetstream.DeliverNewPolicy
-	if flags&protocol.FlagDeliverAll != 0 {
+	if sb.DeliverAll {
 		deliver = jetstream.DeliverAllPolicy
 	}
-	c, err = js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+	_, err = js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:           name,
-		FilterSubject:     engine.Subject(pattern),
+		FilterSubject:     engine.Subject(sb.Pattern),
 		AckPolicy:         jetstream.AckExplicitPolicy,
 		AckWait:           ackWait,
 		DeliverPolicy:     deliver,
 		MaxDeliver:        -1,
 		MaxAckPending:     10000,
-		InactiveThreshold: 30 * 24 * time.Hour,
+		InactiveThreshold: consumerInactive,
 		// Replicas 0: the consumer inherits its stream's replica count, which
 		// may differ from the engine's default (an existing stream keeps its own).
 	})
 	if err != nil {
-		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("create consumer %s: %v", name, err))
+		return Reject(protocol.CodeUnavailable, fmt.Sprintf("create consumer %s: %v", name, err))
 	}
-	return c, nil
+	return nil
 }
 
 // start begins consuming for m's group if this hub is not already.
@@ -185,7 +226,7 @@ func (d *durables) start(m *durableMember) {
 		room += x.max
 	}
 	g.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), engineCallTimeout)
 	defer cancel()
 	c, err := d.h.eng.JS.Consumer(ctx, g.stream, g.name)
 	if err == nil {
@@ -207,7 +248,7 @@ func (d *durables) start(m *durableMember) {
 		}
 	}
 	d.h.log.Error("start durable", "durable", g.name, "err", err)
-	m.s.sendErr(0, protocol.CodeUnavailable, fmt.Sprintf("durable %s: %v", g.name, err))
+	m.s.notify(protocol.CodeUnavailable, fmt.Sprintf("durable %s: %v", g.name, err))
 }
 
 // handle gives one stored message to one member with room for it. It blocks
@@ -259,35 +300,38 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 			g.cond.Wait()
 			continue
 		}
-		if len(m.s.perms.denySub) > 0 && m.s.perms.deniedDelivery(topic) {
+		if p := m.s.perms.Load(); len(p.denySub) > 0 && p.deniedDelivery(topic) {
 			tried[m] = true // its permissions deny this topic, as for live deliveries
 			continue
 		}
 		m.inflight[seq] = msg
 		g.mu.Unlock()
 
-		if err := h.runDeliverHooks(m.s, topic, payload); err != nil {
-			g.mu.Lock()
-			delete(m.inflight, seq)
-			tried[m] = true
-			continue
-		}
-		flags := protocol.FlagAckRequired
+		hookErr := h.runDeliverHooks(m.s, topic, payload)
+		f := protocol.Frame{Op: protocol.OpMsg, Flags: protocol.FlagAckRequired, ID: m.sid, Seq: seq, Topic: topic, Payload: payload}
 		if meta.NumDelivered > 1 {
-			flags |= protocol.FlagRedelivered
+			f.Flags |= protocol.FlagRedelivered
 		}
-		f := protocol.Frame{Op: protocol.OpMsg, Flags: flags, ID: m.sid, Seq: seq, Topic: topic, Payload: payload}
 		if k := msg.Headers().Get(nats.MsgIdHdr); k != "" {
 			f.Key = []byte(k)
 		}
-		if m.s.deliver(f.Encode(), &f) {
+		frame := f.Encode()
+
+		g.mu.Lock()
+		// Handed over under g.mu, so that once a member has left (leave
+		// marks it gone under g.mu and hands back what it held) it is
+		// handed nothing more; and only if it still holds this message (an
+		// engine redelivery while the hooks ran took it back).
+		if hookErr == nil && !m.gone && m.inflight[seq] == msg && m.s.deliver(frame, &f) {
+			g.mu.Unlock()
 			h.metrics.deliveries.Inc()
 			h.metrics.deliveryLatency.Observe(time.Since(meta.Timestamp).Seconds())
 			return
 		}
-		// The session is closing: try another member.
-		g.mu.Lock()
-		delete(m.inflight, seq)
+		// Refused by a deliver hook, gone, or its session is closing: try another member.
+		if m.inflight[seq] == msg {
+			delete(m.inflight, seq)
+		}
 		tried[m] = true
 	}
 }
@@ -326,7 +370,7 @@ func (h *Hub) runDeliverHooks(s *Session, topic, payload []byte) error {
 	if len(h.deliverHooks) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), HookTimeout)
 	defer cancel()
 	t := string(topic)
 	info := s.infoSnapshot() // this runs on the consumer's goroutine
@@ -340,43 +384,41 @@ func (h *Hub) runDeliverHooks(s *Session, topic, payload []byte) error {
 	return nil
 }
 
-// handleAck acknowledges (or gives back) one delivery.
-func (s *Session) handleAck(f *protocol.Frame) {
-	s.subMu.Lock()
-	m := s.dur[f.ID]
-	s.subMu.Unlock()
-	if m == nil {
-		s.sendAckErr(f, protocol.CodeNotFound, fmt.Sprintf("no durable subscription %d", f.ID))
-		return
-	}
+// settlement is how a delivery is settled.
+type settlement int
+
+const (
+	settleAck        settlement = iota
+	settleAckConfirm            // ack, and wait for the engine to have it
+	settleNak                   // give it back for redelivery at once
+)
+
+// settle acknowledges (or gives back) delivery seq held by m.
+func (d *durables) settle(ctx context.Context, m *durableMember, seq uint64, how settlement) error {
 	g := m.g
 	g.mu.Lock()
-	msg, ok := m.inflight[f.Seq]
-	delete(m.inflight, f.Seq)
+	msg, ok := m.inflight[seq]
+	delete(m.inflight, seq)
 	g.cond.Broadcast()
 	g.mu.Unlock()
 	if !ok {
-		s.sendAckErr(f, protocol.CodeNotFound, fmt.Sprintf("sequence %d is not awaiting an ack on this connection (already acknowledged, or redelivered after the ack wait)", f.Seq))
-		return
+		return Reject(protocol.CodeNotFound, fmt.Sprintf("sequence %d is not awaiting an ack on this connection (already acknowledged, or redelivered after the ack wait)", seq))
 	}
 	var err error
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	switch {
-	case f.Op == protocol.OpNak:
+	switch how {
+	case settleNak:
 		err = msg.Nak()
-	case f.Flags&protocol.FlagConfirm != 0:
+	case settleAckConfirm:
+		ctx, cancel := context.WithTimeout(ctx, ackConfirmTimeout)
+		defer cancel()
 		err = msg.DoubleAck(ctx)
 	default:
 		err = msg.Ack()
 	}
 	if err != nil {
-		s.sendAckErr(f, protocol.CodeUnavailable, fmt.Sprintf("ack %d: %v", f.Seq, err))
-		return
+		return Reject(protocol.CodeUnavailable, fmt.Sprintf("ack %d: %v", seq, err))
 	}
-	if f.Flags&protocol.FlagConfirm != 0 {
-		s.sendFrame(&protocol.Frame{Op: protocol.OpOK, Flags: protocol.FlagConfirm, ID: f.ID, Seq: f.Seq})
-	}
+	return nil
 }
 
 // leave removes a member: its unacknowledged deliveries are handed back at
@@ -427,7 +469,7 @@ func drain(cc jetstream.ConsumeContext) {
 	cc.Drain()
 	select {
 	case <-cc.Closed():
-	case <-time.After(5 * time.Second):
+	case <-time.After(consumerDrainTimeout):
 		cc.Stop()
 	}
 }
@@ -448,12 +490,4 @@ func (d *durables) stopAll() {
 		g.mu.Unlock()
 		drain(cc)
 	}
-}
-
-// sendAckErr answers a failed ACK/NAK with an ERR carrying its sid in id and
-// its sequence in seq, so a client can tell it from a request's answer.
-func (s *Session) sendAckErr(f *protocol.Frame, code, text string) {
-	e := protocol.ErrorFrame(f.ID, code, text, false)
-	e.Seq = f.Seq
-	s.sendFrame(e)
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/caps-hub/caps/hub"
-	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -74,7 +73,7 @@ func TestDurableDeliversOnlyWithinPattern(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := c.CachedInfo().Config
-		cfg.FilterSubject = engine.Subject(topic)
+		cfg.FilterSubject = hub.Subject(topic)
 		if _, err := js.UpdateConsumer(ctx, "TEST_STORE", cfg); err != nil {
 			t.Fatal(err)
 		}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/caps-hub/caps/hub"
-	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -15,7 +14,7 @@ import (
 type storeApp struct{}
 
 func (storeApp) Setup(ctx context.Context, h *hub.Host) error {
-	return h.AddStream(ctx, engine.StreamSpec{Name: "TEST_STORE", Topics: []string{"store.>"}})
+	return h.AddStream(ctx, hub.StreamSpec{Name: "TEST_STORE", Topics: []string{"store.>"}})
 }
 
 func withStore(c *hub.Config) { c.Apps = append(c.Apps, storeApp{}) }

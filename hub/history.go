@@ -83,8 +83,8 @@ func (hh *historyHold) release(sid uint64, seen map[string]bool) (frames []heldF
 }
 
 // subscribeWithHistory joins the live feed of ts with deliveries held, sends
-// the last n stored messages, then releases the held live ones.
-func (h *Hub) subscribeWithHistory(s *Session, ts *topicSub, n int, send func() (map[string]bool, error)) error {
+// the history (send), then releases the held live ones.
+func (h *Hub) subscribeWithHistory(s *Session, ts *topicSub, send func() (map[string]bool, error)) error {
 	s.hist.start(ts.sid)
 	h.router.join(ts, s)
 	seen, err := send()
@@ -93,7 +93,7 @@ func (h *Hub) subscribeWithHistory(s *Session, ts *topicSub, n int, send func() 
 		s.deliverNow(frames[i].frame, &frames[i].f)
 	}
 	if overflow {
-		s.sendErr(0, protocol.CodeSlowConsumer, "too many live messages arrived while the history was read; some were dropped")
+		s.notify(protocol.CodeSlowConsumer, "too many live messages arrived while the history was read; some were dropped")
 	}
 	return err
 }

@@ -3,6 +3,14 @@
 //
 //	h := hub.New(hub.Config{Addr: ":3000", DataDir: "/var/lib/caps"})
 //	err := h.Run(ctx) // until ctx is cancelled, then drains and returns
+//
+// or, to do something once it accepts connections, as net/http's Server:
+//
+//	if err := h.Start(ctx); err != nil { … } // returns once ready
+//	defer h.Shutdown(drainCtx)
+//
+// Applications plug in through App and Host (app.go); examples/ holds one
+// written outside this module's internals.
 package hub
 
 import (
@@ -24,15 +32,17 @@ import (
 	"github.com/caps-hub/caps/protocol"
 )
 
-// Hub is one CAPS server process. Create it with New and start it with Run.
+// Hub is one CAPS server process. Create it with New; start it with Run, or
+// with Start and Shutdown.
 type Hub struct {
 	cfg Config
 	log *slog.Logger
 	eng *engine.Engine
 
-	// Set during Run before any connection is accepted, then read-only.
-	streams         []engine.StreamSpec
+	// Set by Start before any connection is accepted, then read-only.
+	stored          []storedTopics
 	policy          RolePolicy
+	identifyHooks   []IdentifyHook
 	pubHooks        []patternHook[PublishHook]
 	deliverHooks    []patternHook[DeliverHook]
 	subHooks        []patternHook[SubscribeHook]
@@ -58,10 +68,28 @@ type Hub struct {
 	stopping  atomic.Bool
 	engineOK  atomic.Bool
 	httpExtra []func(mux *http.ServeMux)
-	hosts     *hostSet // names /ws may be reached by (set in Run)
+	hosts     *hostSet // names /ws may be reached by (set in Start)
+
+	run running
 }
 
-// New returns a hub configured by cfg. Nothing starts until Run.
+// running is what Start leaves for Shutdown.
+type running struct {
+	mu       sync.Mutex
+	started  bool
+	stopOnce sync.Once
+	stopped  chan struct{} // closed once Shutdown has finished
+	stopErr  error
+
+	ln             net.Listener
+	httpSrv        *http.Server
+	acceptDone     chan struct{}
+	stopApps       context.CancelFunc
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
+}
+
+// New returns a hub configured by cfg. Nothing starts until Start or Run.
 func New(cfg Config) *Hub {
 	cfg.withDefaults()
 	if cfg.Name == "" {
@@ -88,6 +116,7 @@ func New(cfg Config) *Hub {
 		metrics:  newMetrics(),
 		events:   &eventLog{w: bufio.NewWriter(out), quiet: cfg.Quiet},
 	}
+	h.run.stopped = make(chan struct{})
 	h.router = newRouter(h)
 	h.durables = newDurables(h)
 	h.metrics.observe(h)
@@ -113,13 +142,49 @@ func (h *Hub) HTTPAddr() net.Addr {
 func (h *Hub) Metrics() *Metrics { return h.metrics }
 
 // HandleHTTP adds routes to the hub's HTTP server (the dashboard uses it).
-// Call it before Run.
+// Call it before Start.
 func (h *Hub) HandleHTTP(fn func(mux *http.ServeMux)) { h.httpExtra = append(h.httpExtra, fn) }
 
-// Run starts the engine, the apps and the listeners, serves until ctx is
-// cancelled, then shuts down gracefully: it stops accepting, tells clients
-// (BYE), drains their queues, flushes the engine and returns.
+// Run starts the hub, serves until ctx is cancelled, then shuts down
+// gracefully within Config.ShutdownTimeout (Shutdown): it stops accepting,
+// tells clients (BYE), drains their queues, flushes the engine and returns.
+// Sessions still open at the deadline are closed; that is not an error.
 func (h *Hub) Run(ctx context.Context) error {
+	if err := h.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), h.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := h.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
+// Start starts the engine, the apps and the listeners, and returns once the
+// hub accepts connections (Ready is closed then), or with the reason it
+// could not: it does not block while the hub runs. ctx bounds the start
+// (an external engine slow to answer, an app's setup); once started, the
+// hub runs until Shutdown, whatever becomes of ctx. A hub starts once.
+func (h *Hub) Start(ctx context.Context) (err error) {
+	h.run.mu.Lock()
+	defer h.run.mu.Unlock()
+	if h.run.started {
+		return errors.New("hub: started twice")
+	}
+	h.run.started = true
+	// On failure, undo what was started, in reverse order.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+			h.run.stopOnce.Do(func() { close(h.run.stopped) })
+		}
+	}()
+
 	switch h.cfg.MetricsAccess {
 	case MetricsOpen, MetricsOff:
 	case MetricsToken:
@@ -149,15 +214,16 @@ func (h *Hub) Run(ctx context.Context) error {
 		return fmt.Errorf("start engine: %w", err)
 	}
 	h.eng = eng
+	undo = append(undo, eng.Close)
 	h.engineOK.Store(true)
 	h.watchEngine()
-	defer eng.Close()
-	// The apps' background work (loops started in Setup) lives as long as
-	// this run: also when Run fails after their Setup (a port in use), their
-	// context ends when Run returns, before the engine closes.
-	appCtx, stopApps := context.WithCancel(ctx)
-	defer stopApps()
 
+	// The apps' background work (loops started in Setup) lives until
+	// Shutdown; while the hub starts, ctx ending stops it too.
+	appCtx, stopApps := context.WithCancel(context.WithoutCancel(ctx))
+	h.run.stopApps = stopApps
+	undo = append(undo, stopApps)
+	abort := context.AfterFunc(ctx, stopApps)
 	host := &Host{h: h}
 	if err := h.setupCore(appCtx, host); err != nil {
 		return err
@@ -167,22 +233,27 @@ func (h *Hub) Run(ctx context.Context) error {
 			return fmt.Errorf("app setup: %w", err)
 		}
 	}
+	if !abort() {
+		return fmt.Errorf("hub start: %w", ctx.Err())
+	}
 
 	ln, err := net.Listen("tcp", h.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", h.cfg.Addr, err)
 	}
+	undo = append(undo, func() { ln.Close() })
+	transport := transportTCP
 	if h.cfg.TLS != nil {
 		ln = tls.NewListener(ln, h.cfg.TLS)
+		transport = transportTLS
 	}
 	h.addr.Store(ln.Addr())
+	h.run.ln = ln
 
-	var httpSrv *http.Server
 	if h.cfg.HTTPAddr != "off" {
 		h.hosts = newHostSet(h.cfg.HTTPHosts, h.cfg.TLS)
 		hl, err := net.Listen("tcp", h.cfg.HTTPAddr)
 		if err != nil {
-			ln.Close()
 			return fmt.Errorf("listen http %s: %w", h.cfg.HTTPAddr, err)
 		}
 		hl = newConnLimiter(hl, h.cfg.HTTPMaxConns, h.cfg.HTTPMaxConnsPerAddr, h.metrics)
@@ -190,7 +261,7 @@ func (h *Hub) Run(ctx context.Context) error {
 			hl = tls.NewListener(hl, h.cfg.TLS)
 		}
 		h.httpAddr.Store(hl.Addr())
-		httpSrv = &http.Server{
+		srv := &http.Server{
 			Handler:     guardHTTP(h.httpHandler()),
 			ConnContext: connContext,
 			// A request has a few seconds for its header and
@@ -198,7 +269,7 @@ func (h *Hub) Run(ctx context.Context) error {
 			// closed after HTTPIdleTimeout. The deadlines end when /ws
 			// takes the connection over (net/http clears them on Hijack):
 			// a session lives by its heartbeats.
-			ReadHeaderTimeout: min(5*time.Second, h.cfg.HTTPRequestTimeout),
+			ReadHeaderTimeout: min(httpReadHeaderTimeout, h.cfg.HTTPRequestTimeout),
 			ReadTimeout:       h.cfg.HTTPRequestTimeout,
 			WriteTimeout:      h.cfg.HTTPRequestTimeout,
 			IdleTimeout:       h.cfg.HTTPIdleTimeout,
@@ -206,51 +277,74 @@ func (h *Hub) Run(ctx context.Context) error {
 			// Accept errors (EMFILE…) are logged by http.Server, which backs off.
 			ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
 		}
+		h.run.httpSrv = srv
 		go func() {
-			if err := httpSrv.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				h.log.Error("http server", "err", err)
 			}
 		}()
 	}
 
-	runCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBackground()
-	var bg sync.WaitGroup
-	bg.Add(2)
-	go func() { defer bg.Done(); h.heartbeats(runCtx) }()
-	go func() { defer bg.Done(); h.events.flushLoop(runCtx) }()
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	h.run.stopBackground = stopBackground
+	h.run.background.Add(2)
+	go func() { defer h.run.background.Done(); h.heartbeats(bgCtx) }()
+	go func() { defer h.run.background.Done(); h.events.flushLoop(bgCtx) }()
 
 	h.log.Info("hub listening", "addr", ln.Addr().String(), "http", h.HTTPAddr(), "tls", h.cfg.TLS != nil,
 		"engine", map[bool]string{true: "embedded", false: "external"}[eng.Embedded()], "data", h.cfg.DataDir)
+	h.run.acceptDone = make(chan struct{})
+	go func() { defer close(h.run.acceptDone); h.acceptLoop(ln, transport) }()
 	close(h.ready)
-
-	acceptDone := make(chan struct{})
-	go func() { defer close(acceptDone); h.acceptLoop(ln) }()
-
-	<-ctx.Done()
-	h.log.Info("hub shutting down")
-	h.stopping.Store(true)
-	ln.Close()
-	<-acceptDone
-	shutCtx, cancel := context.WithTimeout(context.Background(), h.cfg.ShutdownTimeout)
-	defer cancel()
-	if httpSrv != nil {
-		_ = httpSrv.Shutdown(shutCtx)
-	}
-	h.closeSessions(shutCtx)
-	h.durables.stopAll()
-	h.router.stopAll()
-	stopBackground()
-	bg.Wait()
-	h.events.flush()
-	if err := eng.NC.FlushWithContext(shutCtx); err != nil {
-		h.log.Warn("flush engine", "err", err)
-	}
-	h.log.Info("hub stopped")
 	return nil
 }
 
-func (h *Hub) acceptLoop(ln net.Listener) {
+// Shutdown stops a started hub gracefully, as net/http's Server.Shutdown
+// does: it stops accepting, tells every client (BYE) and lets their queues
+// drain until ctx ends, then closes what is left; it stops the apps,
+// flushes the engine and closes it. It returns ctx's error when the drain
+// was cut short. It may be called more than once and from several
+// goroutines: every call waits until the hub has stopped.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	h.run.mu.Lock()
+	started := h.run.started
+	h.run.mu.Unlock()
+	if !started {
+		return nil
+	}
+	h.run.stopOnce.Do(func() {
+		defer close(h.run.stopped)
+		h.run.stopErr = h.shutdown(ctx)
+	})
+	<-h.run.stopped
+	return h.run.stopErr
+}
+
+func (h *Hub) shutdown(ctx context.Context) error {
+	r := &h.run
+	h.log.Info("hub shutting down")
+	h.stopping.Store(true)
+	r.ln.Close()
+	<-r.acceptDone
+	if r.httpSrv != nil {
+		_ = r.httpSrv.Shutdown(ctx)
+	}
+	drained := h.closeSessions(ctx)
+	h.durables.stopAll()
+	h.router.stopAll()
+	r.stopBackground()
+	r.background.Wait()
+	h.events.flush()
+	if err := h.eng.NC.FlushWithContext(ctx); err != nil {
+		h.log.Warn("flush engine", "err", err)
+	}
+	r.stopApps()
+	h.eng.Close()
+	h.log.Info("hub stopped")
+	return drained
+}
+
+func (h *Hub) acceptLoop(ln net.Listener, transport string) {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -259,7 +353,7 @@ func (h *Hub) acceptLoop(ln net.Listener) {
 				return
 			}
 			// Temporary errors (EMFILE…): back off instead of spinning.
-			delay = min(max(delay*2, 5*time.Millisecond), time.Second)
+			delay = min(max(delay*2, 5*time.Millisecond), acceptBackoffMax)
 			h.log.Warn("accept", "err", err, "retry_in", delay)
 			time.Sleep(delay)
 			continue
@@ -268,26 +362,29 @@ func (h *Hub) acceptLoop(ln net.Listener) {
 		h.conns.Add(1)
 		go func() {
 			defer h.conns.Done()
-			h.serveConn(c, "caps")
+			h.serveConn(c, transport)
 		}()
 	}
 }
 
 // closeSessions says BYE to every session, lets their queues drain and waits
-// for them to end, forcing them closed at the deadline.
-func (h *Hub) closeSessions(ctx context.Context) {
+// for them to end, forcing them closed at the deadline (and then returning
+// ctx's error).
+func (h *Hub) closeSessions(ctx context.Context) error {
 	for _, s := range h.allSessions() {
-		s.closeWith(&protocol.Frame{Op: protocol.OpBye, Payload: []byte("hub shutting down")}, errShutdown)
+		s.closeWith(s.dialect.bye("hub shutting down"), "", errShutdown)
 	}
 	done := make(chan struct{})
 	go func() { h.conns.Wait(); close(done) }()
 	select {
 	case <-done:
+		return nil
 	case <-ctx.Done():
 		for _, s := range h.allSessions() {
 			s.conn.Close()
 		}
 		<-done
+		return ctx.Err()
 	}
 }
 
@@ -335,22 +432,22 @@ func (h *Hub) heartbeats(ctx context.Context) {
 		now := time.Now().UnixNano()
 		hb := int64(h.cfg.Heartbeat)
 		for _, s := range h.allSessions() {
-			if exp := s.ident.Expires; !exp.IsZero() && now >= exp.UnixNano() {
-				if s.fail(0, protocol.CodeAuth, "token expired at "+exp.UTC().Format(time.RFC3339)) {
+			if exp := s.expires; !exp.IsZero() && now >= exp.UnixNano() {
+				if s.fail(protocol.CodeAuth, "token expired at "+exp.UTC().Format(time.RFC3339)) {
 					h.metrics.expiredSessions.Inc()
 					h.log.Info("session closed: token expired", "id", s.info.ID, "role", s.info.Role, "name", s.info.Name, "expired", exp)
 				}
 				continue
 			}
-			if s.legacy != nil {
-				continue // classroom clients have no heartbeats; TCP keepalive finds dead ones (hub/legacy.go)
+			if !s.heartbeats {
+				continue // a dialect without heartbeats (the classroom's): TCP keepalive finds dead peers
 			}
 			if now-s.lastRecv.Load() > 2*hb {
-				s.fail(0, protocol.CodeHeartbeat, fmt.Sprintf("no traffic for %s", time.Duration(2*hb)))
+				s.fail(protocol.CodeHeartbeat, fmt.Sprintf("no traffic for %s", time.Duration(2*hb)))
 				continue
 			}
 			if now-s.lastSent.Load() > hb {
-				s.sendRaw(ping)
+				s.send(ping)
 			}
 		}
 	}
@@ -378,8 +475,8 @@ func (h *Hub) EngineReady() bool { return h.engineOK.Load() && h.eng != nil && h
 
 // setupCore declares the hub's own stream: connection events.
 func (h *Hub) setupCore(ctx context.Context, x *Host) error {
-	h.setupLegacy(x)
-	return x.AddStream(ctx, engine.StreamSpec{
+	h.setupClassroom(x)
+	return x.AddStream(ctx, StreamSpec{
 		Name: "CAPS_CLIENTS", Topics: []string{"client.>"},
 		MaxAge: h.cfg.ClientsMaxAge, MaxBytes: h.cfg.ClientsMaxBytes, MaxMsgSize: clientEventMaxSize,
 	})
@@ -419,7 +516,7 @@ func (e *eventLog) flushLoop(ctx context.Context) {
 	if e.quiet {
 		return
 	}
-	t := time.NewTicker(50 * time.Millisecond)
+	t := time.NewTicker(eventFlushInterval)
 	defer t.Stop()
 	for {
 		select {

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"maps"
 	"strings"
 	"time"
 
@@ -9,14 +10,33 @@ import (
 
 // Identity is who a session is, as established at the handshake.
 type Identity struct {
-	Role  string
-	Name  string
-	Store string // a vendor's store; empty for other roles
+	Role string
+	Name string
+	// Attrs are what the authenticator or an app established about the
+	// client besides its role and name (the parcel app's "store" of a
+	// vendor). A permission pattern's {key} placeholder is filled with
+	// Attrs[key]; apps read them in SessionInfo. Treat the map as
+	// immutable once the identity is given to the hub: replace it, never
+	// change it in place.
+	Attrs map[string]string
 	// Perms, when set, replaces the role's default permissions (auth files set it).
 	Perms *Permissions
 	// Expires, when set, is when the credentials stop being valid: the hub
 	// closes the session then, with a fatal "unauthorized".
 	Expires time.Time
+}
+
+// Attr returns the attribute key, or "".
+func (id Identity) Attr(key string) string { return id.Attrs[key] }
+
+// WithAttr returns id with the attribute key set to value (a copy: the
+// original's map is not changed).
+func (id Identity) WithAttr(key, value string) Identity {
+	attrs := make(map[string]string, len(id.Attrs)+1)
+	maps.Copy(attrs, id.Attrs)
+	attrs[key] = value
+	id.Attrs = attrs
+	return id
 }
 
 // Authenticator checks a HELLO and returns the identity it proves. An error
@@ -25,10 +45,20 @@ type Authenticator interface {
 	Authenticate(h protocol.Hello) (Identity, error)
 }
 
+// IdentifyHook completes an identity before the hub compiles its
+// permissions: an app adds the attributes its permission patterns use (on
+// an open hub, the parcel app makes a vendor's store its name). It runs for
+// every new session, authenticated or not, and again when credentials are
+// checked anew (Hub.Reauthenticate).
+type IdentifyHook func(id Identity) Identity
+
 // Permissions lists the topic patterns a session may publish and subscribe to.
-// Patterns may contain the placeholders {name} and {store}, replaced with the
-// session's identity. Deny patterns win over allow patterns; a subscription
-// that overlaps a denied pattern is accepted but never receives its messages.
+// Patterns may contain placeholders: {name} is the session's name, {key} its
+// attribute key (Identity.Attrs). A pattern whose placeholder the identity
+// cannot fill (no such attribute, or a value that is not a valid name) is
+// left out: it allows, or denies, nothing. Deny patterns win over allow
+// patterns; a subscription that overlaps a denied pattern is accepted but
+// never receives its messages.
 type Permissions struct {
 	Publish       []string `json:"publish" yaml:"publish"`
 	Subscribe     []string `json:"subscribe" yaml:"subscribe"`
@@ -45,13 +75,46 @@ func (p *Permissions) compile(id Identity) *perms {
 	fill := func(list []string) [][]byte {
 		out := make([][]byte, 0, len(list))
 		for _, s := range list {
-			s = strings.ReplaceAll(s, "{name}", id.Name)
-			s = strings.ReplaceAll(s, "{store}", id.Store)
-			out = append(out, []byte(s))
+			if filled, ok := fillPlaceholders(s, id); ok {
+				out = append(out, []byte(filled))
+			}
 		}
 		return out
 	}
 	return &perms{pub: fill(p.Publish), sub: fill(p.Subscribe), denyPub: fill(p.DenyPublish), denySub: fill(p.DenySubscribe)}
+}
+
+// fillPlaceholders replaces {name} and {attr} in pattern. A value must be
+// a valid name (one topic token, no wildcard), so that no attribute can
+// widen a pattern; ok is false when a placeholder cannot be filled.
+func fillPlaceholders(pattern string, id Identity) (string, bool) {
+	if !strings.Contains(pattern, "{") {
+		return pattern, true
+	}
+	var b strings.Builder
+	rest := pattern
+	for {
+		i := strings.IndexByte(rest, '{')
+		if i < 0 {
+			b.WriteString(rest)
+			return b.String(), true
+		}
+		j := strings.IndexByte(rest[i:], '}')
+		if j < 0 {
+			return "", false
+		}
+		key := rest[i+1 : i+j]
+		value := id.Attrs[key]
+		if key == "name" {
+			value = id.Name
+		}
+		if !protocol.ValidName(value) {
+			return "", false
+		}
+		b.WriteString(rest[:i])
+		b.WriteString(value)
+		rest = rest[i+j+1:]
+	}
 }
 
 func (p *perms) canPublish(topic []byte) bool {
@@ -72,12 +135,12 @@ func (p *perms) canPublish(topic []byte) bool {
 // wholly inside a denied one.
 func (p *perms) canSubscribe(pattern []byte) bool {
 	for _, d := range p.denySub {
-		if Covers(d, pattern) {
+		if protocol.Covers(d, pattern) {
 			return false
 		}
 	}
 	for _, a := range p.sub {
-		if Covers(a, pattern) {
+		if protocol.Covers(a, pattern) {
 			return true
 		}
 	}
@@ -93,43 +156,6 @@ func (p *perms) deniedDelivery(topic []byte) bool {
 		}
 	}
 	return false
-}
-
-// Covers reports whether every topic matched by pattern p is also matched by
-// pattern outer.
-func Covers(outer, p []byte) bool { return covers(outer, p) }
-
-// covers walks both patterns token by token without allocating: it runs
-// for every publish (streamFor) and every subscribe (permissions, hooks).
-func covers[T ~string | ~[]byte](outer T, p []byte) bool {
-	oi, pi := 0, 0
-	for {
-		oe := oi
-		for oe < len(outer) && outer[oe] != '.' {
-			oe++
-		}
-		if oe-oi == 1 && outer[oi] == '>' {
-			return pi <= len(p) // p has a token left here
-		}
-		if pi > len(p) {
-			return false // outer has more tokens than p
-		}
-		pe := pi
-		for pe < len(p) && p[pe] != '.' {
-			pe++
-		}
-		switch {
-		case pe-pi == 1 && p[pi] == '>':
-			return false
-		case oe-oi == 1 && outer[oi] == '*':
-		case string(outer[oi:oe]) != string(p[pi:pe]):
-			return false
-		}
-		oi, pi = oe+1, pe+1
-		if oi > len(outer) {
-			return pi > len(p) // both ended together
-		}
-	}
 }
 
 // RolePolicy maps roles to their default permissions. Applications add their
@@ -148,16 +174,23 @@ func (rp RolePolicy) grant(role string, p Permissions) {
 	cur.DenySubscribe = append(cur.DenySubscribe, p.DenySubscribe...)
 }
 
-// defaultPolicy is what the hub core itself grants: admins everything,
-// loggers may watch everything (apps deny what is private), generic clients
-// may use any topic outside those the hub and its apps reserve.
+// of returns the role's permissions (none for a role nobody granted anything).
+func (rp RolePolicy) of(role string) *Permissions {
+	if p := rp[role]; p != nil {
+		return p
+	}
+	return &Permissions{}
+}
+
+// defaultPolicy is what the hub core itself grants, to the roles that mean
+// the same in every application: admins everything, loggers may watch
+// everything (apps deny what is private), generic clients may use any topic
+// outside those the hub and its apps reserve. The application roles
+// (vendor, driver, chat) get what their apps grant them, and nothing else.
 func defaultPolicy() RolePolicy {
 	return RolePolicy{
 		protocol.RoleAdmin:  {Publish: []string{">"}, Subscribe: []string{">"}, DenyPublish: []string{"client.>"}},
 		protocol.RoleLogger: {Subscribe: []string{">"}},
 		protocol.RoleClient: {Publish: []string{">"}, Subscribe: []string{">"}, DenyPublish: []string{"client.>"}, DenySubscribe: []string{"client.>"}},
-		protocol.RoleVendor: {},
-		protocol.RoleDriver: {},
-		protocol.RoleChat:   {},
 	}
 }

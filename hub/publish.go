@@ -14,21 +14,56 @@ import (
 	"github.com/caps-hub/caps/protocol"
 )
 
+// storedTopics are the topic patterns one stream stores.
+type storedTopics struct {
+	stream   string
+	patterns [][]byte
+}
+
+// addStored records that stream stores topics (before the hub accepts
+// connections: streamFor reads the list without a lock).
+func (h *Hub) addStored(stream string, topics []string) {
+	st := storedTopics{stream: stream}
+	for _, t := range topics {
+		st.patterns = append(st.patterns, []byte(t))
+	}
+	h.stored = append(h.stored, st)
+}
+
 // streamFor returns the stream that stores topic (or every topic of a
 // pattern), or "" when it is live only.
 func (h *Hub) streamFor(pattern []byte) string {
-	for _, s := range h.streams {
-		for _, t := range s.Topics {
-			if covers(t, pattern) {
-				return s.Name
+	for _, st := range h.stored {
+		for _, t := range st.patterns {
+			if protocol.Covers(t, pattern) {
+				return st.stream
 			}
 		}
 	}
 	return ""
 }
 
-// storeTimeout bounds the wait for the engine to store a message.
-const storeTimeout = 10 * time.Second
+// runPubHooks runs the publish hooks whose pattern matches topic, with
+// HookTimeout for them all. They see the message id key (PublishKey), so
+// that an app can tell a retry from a new publish.
+func (h *Hub) runPubHooks(ctx context.Context, info SessionInfo, key, topic, payload []byte) error {
+	var t string
+	var cancel context.CancelFunc
+	for _, ph := range h.pubHooks {
+		if !protocol.Match(ph.pattern, topic) {
+			continue
+		}
+		if cancel == nil {
+			t = string(topic)
+			ctx, cancel = context.WithTimeout(withPublishKey(ctx, key), HookTimeout)
+			defer cancel()
+		}
+		if err := ph.fn(ctx, info, t, payload); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // publish sends a message into the engine. Stored topics go through
 // JetStream and return once the engine has acknowledged them (so an OK to a
@@ -119,7 +154,7 @@ func (h *Hub) sendHistory(ctx context.Context, s *Session, pattern string, n int
 	}
 	ring := make([]jetstream.Msg, 0, n)
 	for read := 0; read < pending; {
-		batch, err := cons.Fetch(min(pending-read, 256), jetstream.FetchMaxWait(2*time.Second))
+		batch, err := cons.Fetch(min(pending-read, 256), jetstream.FetchMaxWait(historyFetchWait))
 		if err != nil {
 			return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
 		}
@@ -197,14 +232,12 @@ func (h *Hub) clientEvent(topic string, s *Session) {
 		SessionInfo
 		Time   time.Time `json:"time"`
 		Reason string    `json:"reason,omitempty"`
-	}{SessionInfo: s.info, Time: time.Now().UTC()}
+	}{SessionInfo: s.infoSnapshot(), Time: time.Now().UTC()}
 	if topic == "client.disconnected" && s.closeErr != nil {
 		ev.Reason = s.closeErr.Error()
 	}
 	b, _ := json.Marshal(ev)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := h.publish(ctx, []byte(topic), nil, b); err != nil {
+	if _, err := h.publish(context.Background(), []byte(topic), nil, b); err != nil {
 		h.log.Debug("publish client event", "topic", topic, "err", err)
 	}
 	h.logEvent([]byte(topic), b)

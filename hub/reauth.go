@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"maps"
 	"reflect"
 
 	"github.com/caps-hub/caps/protocol"
@@ -19,10 +20,13 @@ func (h *Hub) Reauthenticate() int {
 	}
 	closed := 0
 	for _, s := range h.allSessions() {
-		if s.legacy != nil {
-			continue // classroom sessions carry no credentials
+		if s.hello == nil {
+			continue // a dialect without credentials (the classroom's)
 		}
-		id, err := h.cfg.Auth.Authenticate(s.hello)
+		id, err := h.cfg.Auth.Authenticate(*s.hello)
+		if err == nil {
+			id = h.completeIdentity(id)
+		}
 		var why string
 		switch {
 		case err != nil:
@@ -32,7 +36,7 @@ func (h *Hub) Reauthenticate() int {
 		default:
 			continue
 		}
-		if s.fail(0, protocol.CodeAuth, why) {
+		if s.fail(protocol.CodeAuth, why) {
 			closed++
 			h.log.Warn("session closed on re-authentication", "id", s.info.ID, "role", s.info.Role, "name", s.info.Name, "reason", why)
 		}
@@ -41,7 +45,7 @@ func (h *Hub) Reauthenticate() int {
 }
 
 func sameIdentity(a, b Identity) bool {
-	if a.Role != b.Role || a.Name != b.Name || a.Store != b.Store || !a.Expires.Equal(b.Expires) {
+	if a.Role != b.Role || a.Name != b.Name || !maps.Equal(a.Attrs, b.Attrs) || !a.Expires.Equal(b.Expires) {
 		return false
 	}
 	if (a.Perms == nil) != (b.Perms == nil) {

@@ -2,11 +2,9 @@ package hub
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"github.com/nats-io/nats.go"
@@ -176,7 +174,7 @@ func (ts *topicSub) handler(h *Hub) nats.MsgHandler {
 			start := ts.rr.Add(1)
 			for i := uint64(0); i < n; i++ {
 				s := members[(start+i)%n]
-				if s.perms.denySub != nil && s.perms.deniedDelivery(topic) {
+				if p := s.perms.Load(); len(p.denySub) > 0 && p.deniedDelivery(topic) {
 					continue
 				}
 				if s.deliver(frame, &f) {
@@ -188,7 +186,7 @@ func (ts *topicSub) handler(h *Hub) nats.MsgHandler {
 		}
 		delivered := 0
 		for _, s := range members {
-			if len(s.perms.denySub) > 0 && s.perms.deniedDelivery(topic) {
+			if p := s.perms.Load(); len(p.denySub) > 0 && p.deniedDelivery(topic) {
 				continue
 			}
 			if s.deliver(frame, &f) {
@@ -215,8 +213,8 @@ func encodeMsg(sid, seq uint64, flags protocol.Flags, topic, key string, payload
 	return frame, f
 }
 
-// deliver queues a MSG for this session: the shared encoding for native
-// sessions, a classroom object for legacy ones.
+// deliver queues a MSG for this session, unless its subscription's
+// history is being sent (history.go), in which case it waits for it.
 func (s *Session) deliver(frame []byte, f *protocol.Frame) bool {
 	if s.hist.hold(frame, f) {
 		return true
@@ -224,128 +222,26 @@ func (s *Session) deliver(frame []byte, f *protocol.Frame) bool {
 	return s.deliverNow(frame, f)
 }
 
-// deliverNow queues a MSG without looking at history holds.
+// deliverNow queues a MSG: CAPS frames as encoded (one encoding shared by
+// the whole fan-out), another dialect in its own form.
 func (s *Session) deliverNow(frame []byte, f *protocol.Frame) bool {
-	if s.legacy != nil {
-		return s.legacy.sendFrame(s, f)
+	if s.native {
+		return s.send(frame)
 	}
-	return s.send(frame)
+	return s.dialect.deliver(s, *f)
 }
 
-// handleSub subscribes the session: live (shared engine subscription) or
-// durable (a JetStream consumer).
-func (s *Session) handleSub(f *protocol.Frame) {
-	h := s.hub
-	pattern := string(f.Topic)
-	if !protocol.ValidPattern(f.Topic) {
-		s.sendErr(f.ID, protocol.CodeBadTopic, fmt.Sprintf("invalid pattern %q", pattern))
-		return
-	}
-	if !s.perms.canSubscribe(f.Topic) {
-		s.sendErr(f.ID, protocol.CodeForbidden, fmt.Sprintf("%s %q may not subscribe to %q", s.info.Role, s.info.Name, pattern))
-		return
-	}
-	var opts protocol.SubOptions
-	if len(f.Payload) > 0 {
-		if err := json.Unmarshal(f.Payload, &opts); err != nil {
-			s.sendErr(f.ID, protocol.CodeBadRequest, "SUB options are not JSON: "+err.Error())
-			return
-		}
-		if err := opts.Validate(); err != nil {
-			s.sendErr(f.ID, protocol.CodeBadRequest, "SUB options: "+err.Error())
-			return
-		}
-	}
-	group, durable := string(f.Group), string(f.Key)
-	if group != "" && !protocol.ValidName(group) {
-		s.sendErr(f.ID, protocol.CodeBadRequest, fmt.Sprintf("bad queue group %q", group))
-		return
-	}
-	s.subMu.Lock()
-	n := s.nsubs
-	s.subMu.Unlock()
-	if n >= h.cfg.MaxSubs {
-		s.sendErr(f.ID, protocol.CodeTooManySubs, fmt.Sprintf("at most %d subscriptions per connection", h.cfg.MaxSubs))
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := h.runSubHooks(ctx, s, pattern); err != nil {
-		code, text := errCode(err, protocol.CodeRejected)
-		s.sendErr(f.ID, code, text)
-		return
-	}
-	if durable != "" {
-		m, err := h.durables.join(ctx, s, pattern, durable, f.Flags, opts)
-		if err != nil {
-			code, text := errCode(err, protocol.CodeInternal)
-			s.sendErr(f.ID, code, text)
-			h.runUnsubHooks(s, pattern)
-			return
-		}
-		s.subMu.Lock()
-		s.dur[m.sid] = m
-		s.nsubs++
-		s.subMu.Unlock()
-		s.sendFrame(&protocol.Frame{Op: protocol.OpOK, ID: f.ID, Seq: m.sid})
-		h.durables.start(m)
-		return
-	}
-	ts, err := h.router.open(pattern, group)
-	if err != nil {
-		s.sendErr(f.ID, protocol.CodeUnavailable, err.Error())
-		h.runUnsubHooks(s, pattern)
-		return
-	}
-	s.subMu.Lock()
-	_, dup := s.live[ts.sid]
-	if !dup {
-		s.live[ts.sid] = ts
-		s.nsubs++
-	}
-	s.subMu.Unlock()
-	s.sendFrame(&protocol.Frame{Op: protocol.OpOK, ID: f.ID, Seq: ts.sid})
-	// History (after the OK, so it carries the sid) and then live: a newcomer
-	// sees the conversation in order, with no gap between the two.
-	if opts.History > 0 {
-		err := h.subscribeWithHistory(s, ts, opts.History, func() (map[string]bool, error) {
-			return h.sendHistory(ctx, s, pattern, opts.History, ts.sid)
-		})
-		if err != nil {
-			code, text := errCode(err, protocol.CodeInternal)
-			s.sendErr(0, code, text)
-		}
-		return
-	}
-	h.router.join(ts, s)
-}
-
-func (s *Session) handleUnsub(f *protocol.Frame) {
-	s.subMu.Lock()
-	ts, live := s.live[f.ID]
-	m, dur := s.dur[f.ID]
-	delete(s.live, f.ID)
-	delete(s.dur, f.ID)
-	if live || dur {
-		s.nsubs--
-	}
-	s.subMu.Unlock()
-	switch {
-	case live:
-		s.hub.router.remove(ts, s)
-		s.hub.runUnsubHooks(s, ts.pattern)
-	case dur:
-		s.hub.durables.leave(m)
-		s.hub.runUnsubHooks(s, m.pattern)
-	default:
-		s.sendErr(f.ID, protocol.CodeNotFound, fmt.Sprintf("no subscription %d", f.ID))
-	}
-}
-
+// runSubHooks runs the subscribe hooks whose pattern covers pattern, with
+// HookTimeout for them all.
 func (h *Hub) runSubHooks(ctx context.Context, s *Session, pattern string) error {
+	if len(h.subHooks) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, HookTimeout)
+	defer cancel()
 	p := []byte(pattern)
 	for _, sh := range h.subHooks {
-		if Covers(sh.pattern, p) {
+		if protocol.Covers(sh.pattern, p) {
 			if err := sh.fn(ctx, s.info, pattern); err != nil {
 				return err
 			}
@@ -356,9 +252,10 @@ func (h *Hub) runSubHooks(ctx context.Context, s *Session, pattern string) error
 
 func (h *Hub) runUnsubHooks(s *Session, pattern string) {
 	p := []byte(pattern)
+	info := s.infoSnapshot()
 	for _, uh := range h.unsubHooks {
-		if Covers(uh.pattern, p) {
-			uh.fn(s.info, pattern)
+		if protocol.Covers(uh.pattern, p) {
+			uh.fn(info, pattern)
 		}
 	}
 }

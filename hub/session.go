@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -21,21 +19,55 @@ import (
 )
 
 // Session is one connected client. It owns a read loop (the goroutine that
-// runs serveConn) and a write loop; everything sent to it goes through a
-// bounded queue so that no client can stall another.
+// runs serveConn and, in it, its dialect's loop) and a write loop;
+// everything sent to it goes through a bounded queue so that no client can
+// stall another.
+//
+// The files of a session:
+//   - session.go: its life (admission, registration, cleanup) and its
+//     outbound queue and write loop;
+//   - session_api.go: what a client can do — subscribe, unsubscribe,
+//     publish, acknowledge, request, close — as methods every dialect calls;
+//   - dialect.go: how a connection's dialect is chosen, and what a dialect
+//     provides;
+//   - caps_dialect.go, classroom*.go: the dialects, translators between
+//     their wire format and the methods of session_api.go.
 type Session struct {
 	hub  *Hub
 	conn net.Conn
+
+	// dialect renders what the hub sends unasked; native is true for CAPS
+	// frames, which need no rendering: a delivery's shared encoding is
+	// queued as it is (the fan-out's hot path). writer, when set, writes
+	// the queued encodings instead of one writev per batch.
+	dialect    dialect
+	native     bool
+	writer     batchWriter
+	heartbeats bool // the hub pings it when idle and drops it when silent
+
+	// ctx ends when the session closes: requests running off the read loop
+	// (work) see it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	work   sync.WaitGroup
+	reqs   chan struct{} // one token per request in flight (session_api.go)
+
 	info SessionInfo
-	// infoMu guards info against other goroutines while a classroom session
-	// changes its role (hub/legacy.go, on its read loop): code on other
-	// goroutines that copies info takes infoSnapshot.
+	// infoMu guards info against other goroutines while its read loop
+	// changes it (a classroom session taking on a persona): code on other
+	// goroutines copies it with infoSnapshot.
 	infoMu sync.RWMutex
 	ident  Identity
-	perms  *perms
-	// legacy is non-nil for classroom-dialect sessions: it turns deliveries
-	// into bare JSON objects.
-	legacy *legacyCodec
+	// expires is when the credentials that proved ident expire (zero:
+	// never); set by establish, read by the heartbeat loop.
+	expires time.Time
+	// perms may be replaced (reidentify) while the router and durables read
+	// it for deliveries.
+	perms atomic.Pointer[perms]
+	// hello is the HELLO that proved ident, kept so that the credentials can
+	// be checked again when the auth file is reloaded (Hub.Reauthenticate);
+	// nil for a dialect without credentials.
+	hello *protocol.Hello
 	// hist holds live deliveries back while a subscription's history is sent.
 	hist historyHold
 
@@ -50,7 +82,6 @@ type Session struct {
 	spare    [][]byte
 	outBytes int
 	closing  bool // no more frames accepted; close after the queue drains
-	closed   bool
 	wake     chan struct{}
 	done     chan struct{}
 	closeErr error
@@ -66,23 +97,20 @@ type Session struct {
 	iov, iovBuf net.Buffers
 	wbuf        []byte
 
-	// Subscriptions, touched only by the read loop and cleanup.
+	// Subscriptions, guarded by subMu; changed by the read loop and cleanup.
 	subMu sync.Mutex
 	live  map[uint64]*topicSub
 	dur   map[uint64]*durableMember
 	nsubs int
-
-	// hello is the HELLO that proved ident, kept so the credentials can be
-	// checked again when the auth file is reloaded (Hub.Reauthenticate).
-	hello protocol.Hello
 }
 
-// serveConn runs one connection from first byte to close.
-func (h *Hub) serveConn(c net.Conn, dialect string) {
+// serveConn runs one connection from first byte to close. transport names
+// how it arrived ("tcp", "tls", "websocket").
+func (h *Hub) serveConn(c net.Conn, transport string) {
 	if n := h.nconns.Add(1); n > int64(h.cfg.MaxConns) {
 		h.nconns.Add(-1)
 		h.metrics.errors.WithLabelValues(protocol.CodeTooManyConns).Inc()
-		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.SetWriteDeadline(time.Now().Add(refuseTimeout))
 		c.Write(protocol.ErrorFrame(0, protocol.CodeTooManyConns, fmt.Sprintf("hub is at its limit of %d connections", h.cfg.MaxConns), true).Encode())
 		c.Close()
 		return
@@ -96,6 +124,13 @@ func (h *Hub) serveConn(c net.Conn, dialect string) {
 		}
 		c.SetDeadline(time.Time{})
 	}
+	s := h.newSession(c, transport)
+	c.SetReadDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
+	br := bufio.NewReaderSize(c, 512)
+	h.pickDialect(s, br)
+}
+
+func (h *Hub) newSession(c net.Conn, transport string) *Session {
 	s := &Session{
 		hub:      h,
 		conn:     c,
@@ -105,168 +140,35 @@ func (h *Hub) serveConn(c net.Conn, dialect string) {
 		live:     map[uint64]*topicSub{},
 		dur:      map[uint64]*durableMember{},
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.useCAPSFrames()
+	s.perms.Store(&perms{})
 	s.info.Remote = c.RemoteAddr().String()
 	s.info.Hub = h.cfg.Name
-	s.info.Dialect = dialect
-	now := time.Now()
-	s.lastRecv.Store(now.UnixNano())
-	s.lastSent.Store(now.UnixNano())
-
-	c.SetReadDeadline(now.Add(h.cfg.HandshakeTimeout))
-	br := bufio.NewReaderSize(c, 512)
-	first, err := br.Peek(1)
-	if err != nil {
-		if isTimeout(err) && dialect == "caps" && h.legacyPresumesSilent() {
-			// A classroom driver says nothing until it is given work: with
-			// the classroom dialect allowed and an app that knows what a
-			// silent classroom client is, silence is not a failed handshake
-			// (hub/legacy.go).
-			h.serveLegacy(s, br, true)
-			return
-		}
-		if isTimeout(err) {
-			h.metrics.errors.WithLabelValues(protocol.CodeHandshakeTime).Inc()
-			s.writeNow(protocol.ErrorFrame(0, protocol.CodeHandshakeTime, "no HELLO within "+h.cfg.HandshakeTimeout.String(), true).Encode())
-		}
-		c.Close()
-		return
-	}
-	if first[0] == '{' && dialect == "caps" {
-		h.serveLegacy(s, br, false)
-		return
-	}
-	// A small first buffer: most connections are idle most of the time, and
-	// the reader grows it for big frames and busy streams.
-	rd := protocol.NewReaderSize(br, h.cfg.MaxFrame, 512)
-	if !s.handshake(rd) {
-		c.Close()
-		return
-	}
-	c.SetReadDeadline(time.Time{})
-	h.runSession(s, func() error { return s.readLoop(rd) })
+	s.info.Transport = transport
+	now := time.Now().UnixNano()
+	s.lastRecv.Store(now)
+	s.lastSent.Store(now)
+	return s
 }
 
-// runSession registers an authenticated session, runs its loops and cleans up.
-func (h *Hub) runSession(s *Session, read func() error) {
-	h.mu.Lock()
-	h.sessions[s.info.ID] = s
-	h.mu.Unlock()
-	h.metrics.conns.WithLabelValues(s.info.Role).Inc()
-	h.log.Debug("client connected", "id", s.info.ID, "role", s.info.Role, "name", s.info.Name, "remote", s.info.Remote)
-	h.clientEvent("client.connected", s)
-
-	err := read()
-	s.closeWith(nil, err)
-	<-s.connDone
-	s.cleanup()
-
-	h.mu.Lock()
-	delete(h.sessions, s.info.ID)
-	h.mu.Unlock()
-	h.metrics.conns.WithLabelValues(s.info.Role).Dec()
-	for _, fn := range h.disconnectHooks {
-		fn(s.info)
-	}
-	h.clientEvent("client.disconnected", s)
-	h.log.Debug("client disconnected", "id", s.info.ID, "name", s.info.Name, "reason", s.closeErr)
-}
-
-// handshake reads and checks the HELLO, then answers WELCOME or a fatal ERR.
-func (s *Session) handshake(rd *protocol.Reader) bool {
-	h := s.hub
-	f, err := rd.Next()
-	if err != nil {
-		switch {
-		case isTimeout(err):
-			h.metrics.errors.WithLabelValues(protocol.CodeHandshakeTime).Inc()
-			s.writeNow(protocol.ErrorFrame(0, protocol.CodeHandshakeTime, "no HELLO within "+h.cfg.HandshakeTimeout.String(), true).Encode())
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
-		default:
-			code := frameErrCode(err)
-			h.metrics.errors.WithLabelValues(code).Inc()
-			s.writeNow(protocol.ErrorFrame(0, code, err.Error(), true).Encode())
-		}
-		return false
-	}
-	if f.Op != protocol.OpHello {
-		s.refuse(protocol.CodeHandshake, fmt.Sprintf("expected HELLO first, got %s", f.Op))
-		return false
-	}
-	hello, err := protocol.ParseHello(f.Payload)
-	if err != nil {
-		s.refuse(protocol.CodeHandshake, err.Error())
-		return false
-	}
-	id, err := s.hub.identify(hello)
-	if err != nil {
-		s.refuse(protocol.CodeAuth, err.Error())
-		return false
-	}
-	s.hello = hello
-	if err := s.establish(id, hello.Resume); err != nil {
-		code, text := errCode(err, protocol.CodeForbidden)
-		s.refuse(code, text)
-		return false
-	}
-	w := protocol.Welcome{
-		Session:     s.info.ID,
-		Hub:         h.cfg.Name,
-		HeartbeatMS: int(h.cfg.Heartbeat / time.Millisecond),
-		MaxFrame:    h.cfg.MaxFrame,
-		MaxSubs:     h.cfg.MaxSubs,
-		MaxPubRate:  max(h.cfg.PubRate, 0),
-		Role:        s.info.Role,
-		Name:        s.info.Name,
-		Resumed:     hello.Resume != "",
-	}
-	b, _ := json.Marshal(w)
-	// Registered before the WELCOME leaves, so that once a client is in,
-	// the hub already counts it (auth reloads, /people, shutdown's BYE).
-	// runSession registers it again, harmlessly.
-	h.mu.Lock()
-	h.sessions[s.info.ID] = s
-	h.mu.Unlock()
-	s.writeNow((&protocol.Frame{Op: protocol.OpWelcome, Payload: b}).Encode())
-	return true
-}
-
-// identify turns a HELLO into an identity: through the authenticator when
-// the hub has one, else taking the client at its word.
-func (h *Hub) identify(hello protocol.Hello) (Identity, error) {
-	if h.cfg.Auth != nil {
-		id, err := h.cfg.Auth.Authenticate(hello)
-		if err != nil {
-			h.log.Warn("authentication failed", "role", hello.Role, "name", hello.Name, "err", err)
-		}
-		return id, err
-	}
-	id := Identity{Role: hello.Role, Name: hello.Name}
-	if id.Role == protocol.RoleVendor {
-		id.Store = hello.Name
-	}
-	return id, nil
-}
-
-// establish fills in the session's identity and runs the connect hooks.
+// establish gives the session its identity and runs the connect hooks; an
+// error (a hook's refusal) refuses the session. resume is the session id
+// the client had before a reconnect, if it says so.
 func (s *Session) establish(id Identity, resume string) error {
 	h := s.hub
+	id = h.completeIdentity(id)
 	s.ident = id
+	s.expires = id.Expires
 	s.info.ID = uuid.NewString()
-	s.info.Role, s.info.Name, s.info.Store = id.Role, id.Name, id.Store
+	s.info.Role, s.info.Name, s.info.Attrs = id.Role, id.Name, id.Attrs
 	s.info.Since = time.Now().UTC()
 	s.info.Resume = resume
-	p := id.Perms
-	if p == nil {
-		p = h.policy[id.Role]
-		if p == nil {
-			p = &Permissions{}
-		}
-	}
-	s.perms = p.compile(id)
+	s.perms.Store(h.permissionsOf(id))
 	if h.cfg.PubRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(h.cfg.PubRate), h.cfg.PubBurst)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(s.ctx, HookTimeout)
 	defer cancel()
 	for _, fn := range h.connectHooks {
 		if err := fn(ctx, s.info); err != nil {
@@ -276,193 +178,78 @@ func (s *Session) establish(id Identity, resume string) error {
 	return nil
 }
 
-func (s *Session) refuse(code, text string) {
-	s.hub.metrics.errors.WithLabelValues(code).Inc()
-	s.writeNow(protocol.ErrorFrame(0, code, text, true).Encode())
+// completeIdentity runs the apps' identify hooks.
+func (h *Hub) completeIdentity(id Identity) Identity {
+	for _, fn := range h.identifyHooks {
+		id = fn(id)
+	}
+	return id
 }
 
-// writeNow writes directly, before the write loop exists (handshake only).
+// permissionsOf compiles id's permissions: its own, or its role's.
+func (h *Hub) permissionsOf(id Identity) *perms {
+	p := id.Perms
+	if p == nil {
+		p = h.policy.of(id.Role)
+	}
+	return p.compile(id)
+}
+
+// register makes an established session known to the hub (auth reloads,
+// the sessions list, shutdown's BYE). Idempotent.
+func (h *Hub) register(s *Session) {
+	h.mu.Lock()
+	h.sessions[s.info.ID] = s
+	h.mu.Unlock()
+}
+
+// runSession runs an established session's read loop (read) and cleans up
+// after it.
+func (h *Hub) runSession(s *Session, read func() error) {
+	h.register(s)
+	h.metrics.conns.WithLabelValues(s.info.Role).Inc()
+	h.log.Debug("client connected", "id", s.info.ID, "role", s.info.Role, "name", s.info.Name, "remote", s.info.Remote, "dialect", s.info.Dialect)
+	h.clientEvent("client.connected", s)
+
+	err := read()
+	s.closeWith(nil, "", err)
+	<-s.connDone
+	s.work.Wait() // requests still running see s.ctx end
+	s.cleanup()
+
+	h.mu.Lock()
+	delete(h.sessions, s.info.ID)
+	h.mu.Unlock()
+	info := s.infoSnapshot()
+	h.metrics.conns.WithLabelValues(info.Role).Dec()
+	for _, fn := range h.disconnectHooks {
+		fn(info)
+	}
+	h.clientEvent("client.disconnected", s)
+	h.log.Debug("client disconnected", "id", info.ID, "name", info.Name, "reason", s.closeErr)
+}
+
+// writeNow writes directly, before the write loop exists (the handshake's
+// answers, refusals).
 func (s *Session) writeNow(b []byte) {
-	s.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	s.conn.SetWriteDeadline(time.Now().Add(greetTimeout))
 	s.conn.Write(b)
 	s.conn.SetWriteDeadline(time.Time{})
 }
 
-// readLoop decodes frames until the connection ends. Returning ends the session.
-func (s *Session) readLoop(rd *protocol.Reader) error {
-	h := s.hub
-	// Counters and the liveness clock are updated once per read from the
-	// socket (when the reader has nothing more buffered), not once per frame.
-	var frames, nbytes int
-	for {
-		f, err := rd.Next()
-		if err != nil {
-			h.metrics.framesIn.Add(float64(frames))
-			h.metrics.bytesIn.Add(float64(nbytes))
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return err
-			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				return err
-			}
-			var oe *net.OpError
-			if errors.As(err, &oe) {
-				return err
-			}
-			code := frameErrCode(err)
-			s.fail(0, code, err.Error())
-			return err
-		}
-		frames++
-		nbytes += protocol.HeaderLen + 7 + len(f.Topic) + len(f.Key) + len(f.Group) + len(f.Payload)
-		if rd.Buffered() == 0 || frames >= 256 {
-			s.lastRecv.Store(time.Now().UnixNano())
-			h.metrics.framesIn.Add(float64(frames))
-			h.metrics.bytesIn.Add(float64(nbytes))
-			frames, nbytes = 0, 0
-		}
-		if err := s.handle(f); err != nil {
-			return err
-		}
-	}
-}
-
-func frameErrCode(err error) string {
-	if errors.Is(err, protocol.ErrFrameTooLarge) {
-		return protocol.CodeFrameTooLarge
-	}
-	return protocol.CodeBadFrame
-}
-
-// handle executes one frame. A returned error ends the session.
-func (s *Session) handle(f *protocol.Frame) error {
-	switch f.Op {
-	case protocol.OpPub:
-		s.handlePub(f)
-	case protocol.OpSub:
-		s.handleSub(f)
-	case protocol.OpUnsub:
-		s.handleUnsub(f)
-	case protocol.OpAck, protocol.OpNak:
-		s.handleAck(f)
-	case protocol.OpReq:
-		s.handleReq(f)
-	case protocol.OpPing:
-		s.sendRaw(pongFrame)
-	case protocol.OpPong:
-	case protocol.OpBye:
-		return errClientBye
-	case protocol.OpHello:
-		s.sendErr(f.ID, protocol.CodeBadRequest, "already handshaken")
-	default:
-		s.sendErr(f.ID, protocol.CodeBadRequest, fmt.Sprintf("%s is not sent by clients", f.Op))
-	}
-	return nil
-}
-
-var (
-	errClientBye = errors.New("client said bye")
-	pongFrame    = (&protocol.Frame{Op: protocol.OpPong}).Encode()
-)
-
-func (s *Session) handlePub(f *protocol.Frame) {
-	h := s.hub
-	if s.limiter != nil && !s.limiter.Allow() {
-		s.sendErr(f.ID, protocol.CodeRateLimited, fmt.Sprintf("more than %d publishes per second", h.cfg.PubRate))
-		return
-	}
-	// The hooks see the message id, so an app can tell a retry from a new publish.
-	if err := h.checkPublish(withPublishKey(context.Background(), f.Key), s, f.Topic, f.Payload); err != nil {
-		code, text := errCode(err, protocol.CodeRejected)
-		s.sendErr(f.ID, code, text)
-		return
-	}
-	// publishChecked bounds the wait for the engine itself, on stored topics
-	// only: a timer per live publish was a quarter of the hub's allocations.
-	seq, err := h.publishChecked(context.Background(), f.Topic, f.Key, f.Payload, f.Flags&protocol.FlagDurable != 0)
-	if err != nil {
-		code, text := errCode(err, protocol.CodeUnavailable)
-		s.sendErr(f.ID, code, text)
-		return
-	}
-	h.logEvent(f.Topic, f.Payload)
-	if f.ID != 0 {
-		s.sendFrame(&protocol.Frame{Op: protocol.OpOK, ID: f.ID, Seq: seq})
-	}
-}
-
-// checkPublish runs validation, permissions and app hooks for a client publish.
-func (h *Hub) checkPublish(ctx context.Context, s *Session, topic, payload []byte) error {
-	return h.checkPublishAs(ctx, s.info, s.perms, topic, payload)
-}
-
-// checkPublishAs is checkPublish for an identity and permissions given
-// apart from a session's own: a classroom session publishes with those of
-// the persona it is taken for (hub/legacy.go).
-func (h *Hub) checkPublishAs(ctx context.Context, info SessionInfo, p *perms, topic, payload []byte) error {
-	if !protocol.ValidTopic(topic) {
-		return Reject(protocol.CodeBadTopic, fmt.Sprintf("invalid topic %q", topic))
-	}
-	if !p.canPublish(topic) {
-		return Reject(protocol.CodeForbidden, fmt.Sprintf("%s %q may not publish to %q", info.Role, info.Name, topic))
-	}
-	var t string
-	for _, ph := range h.pubHooks {
-		if protocol.Match(ph.pattern, topic) {
-			if t == "" {
-				t = string(topic)
-			}
-			if err := ph.fn(ctx, info, t, payload); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (s *Session) handleReq(f *protocol.Frame) {
-	h := s.hub
-	// Requests share the publish rate: a service call costs the hub (and
-	// often the engine) at least as much as a publish.
-	if s.limiter != nil && !s.limiter.Allow() {
-		s.sendErr(f.ID, protocol.CodeRateLimited, fmt.Sprintf("more than %d publishes and requests per second", h.cfg.PubRate))
-		return
-	}
-	fn, ok := h.services[string(f.Topic)]
-	if !ok {
-		s.sendErr(f.ID, protocol.CodeNotFound, fmt.Sprintf("no service %q", f.Topic))
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := fn(ctx, s.info, f.Payload)
-	if err != nil {
-		code, text := errCode(err, protocol.CodeInternal)
-		s.sendErr(f.ID, code, text)
-		return
-	}
-	s.sendFrame(&protocol.Frame{Op: protocol.OpReply, ID: f.ID, Topic: f.Topic, Payload: out})
-}
-
-// sendErr queues a recoverable ERR and counts it in caps_errors_total.
-func (s *Session) sendErr(id uint64, code, text string) {
+// countError counts an error told to the client (caps_errors_total).
+func (s *Session) countError(code string) {
 	s.hub.metrics.errors.WithLabelValues(code).Inc()
-	s.sendFrame(protocol.ErrorFrame(id, code, text, false))
 }
 
-func (s *Session) sendFrame(f *protocol.Frame) bool {
-	if s.legacy != nil {
-		return s.legacy.sendFrame(s, f)
+// notify tells the client, in its dialect, of an error nothing it sent
+// asked about (a subscription's history that could not be read, a durable
+// that could not start), and counts it.
+func (s *Session) notify(code, text string) {
+	if b := s.dialect.notice(code, text, false); b != nil {
+		s.countError(code)
+		s.send(b)
 	}
-	return s.send(f.Encode())
-}
-
-// sendRaw queues an already-encoded native frame (PING, PONG).
-func (s *Session) sendRaw(b []byte) bool {
-	if s.legacy != nil {
-		return true // the classroom dialect has no heartbeats
-	}
-	return s.send(b)
 }
 
 // send queues an encoded frame. It never blocks: a session whose queue is
@@ -475,7 +262,7 @@ func (s *Session) send(b []byte) bool {
 	}
 	if s.outBytes+len(b) > s.hub.cfg.MaxPending {
 		s.mu.Unlock()
-		if s.fail(0, protocol.CodeSlowConsumer, fmt.Sprintf("more than %d bytes waiting to be read", s.hub.cfg.MaxPending)) {
+		if s.fail(protocol.CodeSlowConsumer, fmt.Sprintf("more than %d bytes waiting to be read", s.hub.cfg.MaxPending)) {
 			s.hub.metrics.slowConsumers.Inc()
 			s.hub.log.Warn("slow consumer disconnected", "id", s.info.ID, "name", s.info.Name, "pending_bytes", s.hub.cfg.MaxPending)
 		}
@@ -497,17 +284,18 @@ func (s *Session) send(b []byte) bool {
 	return true
 }
 
-// fail sends a fatal ERR and closes the session once it is written. It
-// reports whether this call closed the session (and so sent and counted the
-// error); a session already closing is left alone.
-func (s *Session) fail(id uint64, code, text string) bool {
-	return s.closeWith(protocol.ErrorFrame(id, code, text, true), errors.New(code+": "+text))
+// fail tells the client of a fatal error and closes the session once it is
+// written. It reports whether this call closed the session (and so sent and
+// counted the error); a session already closing is left alone.
+func (s *Session) fail(code, text string) bool {
+	return s.closeWith(s.dialect.notice(code, text, true), code, errors.New(code+": "+text))
 }
 
-// closeWith queues a last frame (if any, bypassing the queue limit), stops
+// closeWith queues a last encoded frame (if any, bypassing the queue
+// limit; errCode names it when it is an error, to count it), stops
 // accepting more and lets the write loop flush and close the connection.
 // It reports false when the session was already closing.
-func (s *Session) closeWith(last *protocol.Frame, reason error) bool {
+func (s *Session) closeWith(last []byte, errCode string, reason error) bool {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -515,34 +303,23 @@ func (s *Session) closeWith(last *protocol.Frame, reason error) bool {
 	}
 	s.closing = true
 	s.closeErr = reason
-	if last != nil && last.Op == protocol.OpErr {
+	if errCode != "" && last != nil {
 		// Counted before it can be written, so whoever reads it sees it counted.
-		s.hub.metrics.errors.WithLabelValues(string(last.Topic)).Inc()
+		s.countError(errCode)
 	}
 	if last != nil {
-		var b []byte
-		if s.legacy != nil {
-			b = s.legacy.encodeFrame(last)
-		} else {
-			b = last.Encode()
-		}
-		if b != nil {
-			s.out = append(s.out, b)
-		}
+		s.out = append(s.out, last)
 	}
 	start := !s.writing // someone must flush and close the connection
 	s.writing = true
 	s.mu.Unlock()
 	close(s.done)
+	s.cancel()
 	if start {
 		go s.writeLoop()
 	}
 	return true
 }
-
-// writerLinger is how long a write loop with nothing to write waits for
-// more before it ends (send starts another when needed).
-const writerLinger = time.Second
 
 // writeLoop writes queued frames, many per system call. send starts it when
 // a frame is queued and none is running; it ends after writerLinger with
@@ -553,7 +330,7 @@ func (s *Session) writeLoop() {
 	for {
 		select {
 		case <-s.done:
-			s.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			s.conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
 			s.flushQueue()
 			if tc, ok := s.conn.(*net.TCPConn); ok {
 				// Let the peer read the final frame before it sees the close.
@@ -564,9 +341,9 @@ func (s *Session) writeLoop() {
 			return
 		default:
 		}
-		s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if err := s.flushQueue(); err != nil {
-			s.closeWith(nil, fmt.Errorf("write: %w", err)) // writing stays set: no other loop starts
+			s.closeWith(nil, "", fmt.Errorf("write: %w", err)) // writing stays set: no other loop starts
 			s.conn.Close()
 			close(s.connDone)
 			return
@@ -631,15 +408,8 @@ func (s *Session) writeBatch(batch [][]byte) error {
 	}
 	h.metrics.framesOut.Add(float64(len(batch)))
 	h.metrics.bytesOut.Add(float64(n))
-	if s.legacy != nil {
-		// One object per write so a client doing JSON.parse(chunk) works;
-		// legacy.write also paces them and acknowledges what waited for it.
-		for _, b := range batch {
-			if err := s.legacy.write(s, b); err != nil {
-				return err
-			}
-		}
-		return nil
+	if s.writer != nil {
+		return s.writer.writeBatch(s, batch)
 	}
 	if _, ok := s.conn.(*net.TCPConn); ok {
 		// writev: one system call for the batch. WriteTo consumes s.iov, so
@@ -675,6 +445,7 @@ func (s *Session) cleanup() {
 	dur := s.dur
 	s.live = map[uint64]*topicSub{}
 	s.dur = map[uint64]*durableMember{}
+	s.nsubs = 0
 	s.subMu.Unlock()
 	for _, ts := range live {
 		s.hub.router.remove(ts, s)

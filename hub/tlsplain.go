@@ -35,7 +35,7 @@ func (h *Hub) tlsHandshakeFailed(c net.Conn, err error) {
 	} else {
 		answer = protocol.ErrorFrame(0, protocol.CodeHandshake, text, true).Encode()
 	}
-	rhe.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	rhe.Conn.SetWriteDeadline(time.Now().Add(refuseTimeout))
 	rhe.Conn.Write(answer)
 	if tc, ok := rhe.Conn.(*net.TCPConn); ok {
 		tc.CloseWrite()
@@ -43,6 +43,6 @@ func (h *Hub) tlsHandshakeFailed(c net.Conn, err error) {
 	// Read what the client already sent (the rest of its first frame) until
 	// it hangs up: closing with unread bytes would reset the connection and
 	// could destroy the answer before the client reads it.
-	rhe.Conn.SetReadDeadline(time.Now().Add(time.Second))
+	rhe.Conn.SetReadDeadline(time.Now().Add(refuseTimeout))
 	io.Copy(io.Discard, io.LimitReader(rhe.Conn, 64<<10))
 }

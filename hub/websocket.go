@@ -53,7 +53,7 @@ func (h *Hub) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	// message size limit), and protocol.Reader enforces MaxFrame per frame,
 	// exactly as on TCP.
 	nc := websocket.NetConn(r.Context(), c, websocket.MessageBinary)
-	h.serveConn(&wsConn{Conn: nc}, "websocket")
+	h.serveConn(&wsConn{Conn: nc}, transportWebSocket)
 }
 
 // wsConn gives a WebSocket connection the read deadline that serveConn uses

@@ -79,29 +79,29 @@ func ParseHello(b []byte) (Hello, error) {
 
 // Error codes carried in the topic field of an ERR frame.
 const (
-	CodeBadFrame       = "bad_frame"         // undecodable bytes; fatal
-	CodeFrameTooLarge  = "frame_too_large"   // length over the limit; fatal
-	CodeHandshake      = "handshake"         // bad or missing HELLO; fatal
-	CodeHandshakeTime  = "handshake_timeout" // no HELLO in time; fatal
-	CodeAuth           = "unauthorized"      // bad token; fatal
-	CodeForbidden      = "forbidden"         // not allowed for this identity
-	CodeBadTopic       = "bad_topic"         // invalid topic or pattern
-	CodeBadRequest     = "bad_request"       // malformed operation or payload
-	CodeRejected       = "rejected"          // refused by an application rule
-	CodeNotFound       = "not_found"         // no such subscription, order, service
-	CodeTooManySubs    = "too_many_subs"     // subscription limit
-	CodeRateLimited    = "rate_limited"      // publish rate limit
-	CodeSlowConsumer   = "slow_consumer"     // outbound queue overflowed; fatal
-	CodeHeartbeat      = "heartbeat_timeout" // peer missed pings; fatal
-	CodeUnavailable    = "unavailable"       // engine down; retry later
-	CodeNameTaken      = "name_taken"        // another live client holds the name
-	CodeTooManyConns   = "too_many_conns"    // connection limit; fatal
-	CodeShuttingDown   = "shutting_down"     // hub is stopping
-	CodeInternal       = "internal"          // hub bug or engine failure
-	CodeLegacyDisabled = "legacy_disabled"   // classroom dialect refused; fatal
-	CodeTooLarge       = "too_large"         // payload over its topic's size limit (app schema or stream)
-	CodeStoreFull      = "store_full"        // the topic's stream or bucket is at its limit and keeps what it has
-	CodeTooManyRooms   = "too_many_rooms"    // chat: rooms per client or rooms in total
+	CodeBadFrame          = "bad_frame"          // undecodable bytes; fatal
+	CodeFrameTooLarge     = "frame_too_large"    // length over the limit; fatal
+	CodeHandshake         = "handshake"          // bad or missing HELLO; fatal
+	CodeHandshakeTime     = "handshake_timeout"  // no HELLO in time; fatal
+	CodeAuth              = "unauthorized"       // bad token; fatal
+	CodeForbidden         = "forbidden"          // not allowed for this identity
+	CodeBadTopic          = "bad_topic"          // invalid topic or pattern
+	CodeBadRequest        = "bad_request"        // malformed operation or payload
+	CodeRejected          = "rejected"           // refused by an application rule
+	CodeNotFound          = "not_found"          // no such subscription, order, service
+	CodeTooManySubs       = "too_many_subs"      // subscription limit
+	CodeRateLimited       = "rate_limited"       // publish rate limit
+	CodeSlowConsumer      = "slow_consumer"      // outbound queue overflowed; fatal
+	CodeHeartbeat         = "heartbeat_timeout"  // peer missed pings; fatal
+	CodeUnavailable       = "unavailable"        // engine down; retry later
+	CodeNameTaken         = "name_taken"         // another live client holds the name
+	CodeTooManyConns      = "too_many_conns"     // connection limit; fatal
+	CodeShuttingDown      = "shutting_down"      // hub is stopping
+	CodeInternal          = "internal"           // hub bug or engine failure
+	CodeClassroomDisabled = "classroom_disabled" // classroom dialect refused; fatal
+	CodeTooLarge          = "too_large"          // payload over its topic's size limit (app schema or stream)
+	CodeStoreFull         = "store_full"         // the topic's stream or bucket is at its limit and keeps what it has
+	CodeTooManyRooms      = "too_many_rooms"     // chat: rooms per client or rooms in total
 )
 
 // ErrorFrame builds an ERR frame.

@@ -287,7 +287,7 @@ func TestSpecTables(t *testing.T) {
 		protocol.CodeNotFound: false, protocol.CodeTooManySubs: false, protocol.CodeRateLimited: false,
 		protocol.CodeSlowConsumer: true, protocol.CodeHeartbeat: true, protocol.CodeUnavailable: false,
 		protocol.CodeNameTaken: false, protocol.CodeTooManyConns: true, protocol.CodeShuttingDown: false,
-		protocol.CodeInternal: false, protocol.CodeLegacyDisabled: true,
+		protocol.CodeInternal: false, protocol.CodeClassroomDisabled: true,
 	}
 	for code, isFatal := range fatal {
 		yn := map[bool]string{true: "yes", false: "no"}[isFatal]

@@ -90,3 +90,32 @@ func next(b []byte, i int) int {
 	}
 	return i
 }
+
+// Covers reports whether every topic matched by pattern p is also matched
+// by pattern outer (a topic counts as a pattern matching itself). Both must
+// be valid. The hub asks it for every subscribe (permissions, hooks) and
+// every publish (which stream stores a topic); it does not allocate.
+func Covers(outer, p []byte) bool {
+	oi, pi := 0, 0
+	for {
+		oe := next(outer, oi)
+		if oe-oi == 1 && outer[oi] == wildcardTail {
+			return pi <= len(p) // p has a token left here
+		}
+		if pi > len(p) {
+			return false // outer has more tokens than p
+		}
+		pe := next(p, pi)
+		switch {
+		case pe-pi == 1 && p[pi] == wildcardTail:
+			return false
+		case oe-oi == 1 && outer[oi] == wildcardOne:
+		case string(outer[oi:oe]) != string(p[pi:pe]):
+			return false
+		}
+		oi, pi = oe+1, pe+1
+		if oi > len(outer) {
+			return pi > len(p) // both ended together
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package protocol_test
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -189,5 +190,58 @@ func TestMatchDoesNotAllocate(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, func() { protocol.ValidPattern(p) }); n != 0 {
 		t.Errorf("ValidPattern allocates %v times per call", n)
+	}
+}
+
+// coversSplit is the obvious Covers, token lists side by side: the fast one
+// must agree with it.
+func coversSplit(outer, p string) bool {
+	ot, pt := strings.Split(outer, "."), strings.Split(p, ".")
+	for i, o := range ot {
+		if o == ">" {
+			return i < len(pt)
+		}
+		if i >= len(pt) {
+			return false
+		}
+		switch {
+		case pt[i] == ">":
+			return false
+		case o == "*":
+		case o != pt[i]:
+			return false
+		}
+	}
+	return len(ot) == len(pt)
+}
+
+func TestCoversAgreesWithSplit(t *testing.T) {
+	tokens := []string{"a", "b", "ab", "*", ">"}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	gen := func() string {
+		n := 1 + rnd.IntN(4)
+		parts := make([]string, n)
+		for i := range parts {
+			parts[i] = tokens[rnd.IntN(len(tokens))]
+			if parts[i] == ">" && i != n-1 {
+				parts[i] = "a"
+			}
+		}
+		return strings.Join(parts, ".")
+	}
+	for range 20000 {
+		o, p := gen(), gen()
+		if got, want := protocol.Covers([]byte(o), []byte(p)), coversSplit(o, p); got != want {
+			t.Fatalf("Covers(%q, %q) = %v, want %v", o, p, got, want)
+		}
+	}
+	for _, c := range [][2]string{{"", ""}, {">", ""}, {"a", ""}, {"", "a"}, {"a.", "a."}, {"a.>", "a."}} {
+		if got, want := protocol.Covers([]byte(c[0]), []byte(c[1])), coversSplit(c[0], c[1]); got != want {
+			t.Errorf("Covers(%q, %q) = %v, want %v", c[0], c[1], got, want)
+		}
+	}
+	outer, p := []byte("parcel.*.>"), []byte("parcel.pickup.acme")
+	if a := testing.AllocsPerRun(1000, func() { protocol.Covers(outer, p) }); a != 0 {
+		t.Errorf("Covers allocates %v times", a)
 	}
 }

@@ -421,7 +421,7 @@ export class Client {
           if (f.op === Op.ERR) {
             const err = new CapsError(f.topic, utf8Decode.decode(f.payload), true);
             // The hub refused who we are: retrying will not help.
-            if (['unauthorized', 'handshake', 'legacy_disabled'].includes(err.code) ||
+            if (['unauthorized', 'handshake', 'classroom_disabled'].includes(err.code) ||
                 (err.code === 'name_taken' && !this._session)) {
               this._readyReject(err);
               this._finish(err);

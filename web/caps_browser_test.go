@@ -16,7 +16,6 @@ import (
 
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
-	"github.com/caps-hub/caps/internal/engine"
 )
 
 // browserApp gives the test page a service to call and a stored topic for a
@@ -25,7 +24,7 @@ import (
 type browserApp struct{}
 
 func (browserApp) Setup(ctx context.Context, h *hub.Host) error {
-	if err := h.AddStream(ctx, engine.StreamSpec{Name: "BROWSER", Topics: []string{"store.>"}}); err != nil {
+	if err := h.AddStream(ctx, hub.StreamSpec{Name: "BROWSER", Topics: []string{"store.>"}}); err != nil {
 		return err
 	}
 	h.Handle("echo", func(_ context.Context, s hub.SessionInfo, payload []byte) ([]byte, error) {

@@ -53,10 +53,10 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 					}
 				}
 			}
-			switch cfg.Legacy {
-			case "auto", "on", "off":
+			switch cfg.Classroom {
+			case hub.ClassroomAuto, hub.ClassroomOn, hub.ClassroomOff:
 			default:
-				return fmt.Errorf("--legacy %q: want auto, on or off", cfg.Legacy)
+				return fmt.Errorf("--classroom %q: want auto, on or off", cfg.Classroom)
 			}
 			if origins != "" {
 				cfg.AllowedOrigins = strings.Split(origins, ",")
@@ -100,8 +100,13 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.StringVar(&natsRoutes, "nats-routes", "", "other cluster members' routes, comma-separated (nats-route://b:6222,…)")
 	f.StringVar(&natsClient, "nats-client", "", "host:port where the embedded NATS accepts NATS clients (cluster mode)")
 	f.StringVar(&natsClusterName, "nats-cluster-name", "caps", "NATS cluster name, the same on every member (cluster mode; the member's server name is --name)")
-	f.StringVar(&cfg.Legacy, "legacy", "auto", "classroom JSON dialect: auto (on unless --auth), on, off")
-	f.DurationVar(&cfg.LegacyGrace, "legacy-grace", 6*time.Second, "silence after which a classroom connection is taken for a driver")
+	f.StringVar(&cfg.Classroom, "classroom", hub.ClassroomAuto, "classroom JSON dialect: auto (on unless --auth), on, off")
+	f.DurationVar(&cfg.ClassroomGrace, "classroom-grace", 6*time.Second, "silence after which a classroom connection is taken for a driver")
+	// The names the classroom flags had before; hidden, kept working.
+	f.StringVar(&cfg.Classroom, "legacy", hub.ClassroomAuto, "")
+	f.DurationVar(&cfg.ClassroomGrace, "legacy-grace", 6*time.Second, "")
+	_ = f.MarkDeprecated("legacy", "use --classroom")
+	_ = f.MarkDeprecated("legacy-grace", "use --classroom-grace")
 	f.StringVar(&origins, "ws-origins", "", `WebSocket origin patterns allowed, comma-separated ("*" = any)`)
 	f.IntVar(&cfg.MaxConns, "max-conns", 20000, "maximum concurrent connections")
 	f.IntVar(&cfg.MaxFrame, "max-frame", 1<<20, "maximum frame size in bytes")

@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,11 @@ import (
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/protocol"
 )
+
+// StoreAttr is the identity attribute a vendor token's store becomes: the
+// parcel app's (parcel.StoreAttr), which its permission patterns name as
+// {store}.
+const StoreAttr = "store"
 
 // TokenPrefix starts every token `caps token new` makes, so a leaked one is
 // easy to recognise in logs and secret scanners.
@@ -184,6 +190,10 @@ func parse(b []byte) (*table, error) {
 	return t, nil
 }
 
+// placeholderRE matches a permission pattern's placeholders ({name},
+// {store}, any identity attribute).
+var placeholderRE = regexp.MustCompile(`\{[^{}]*\}`)
+
 // checkPerms makes sure every pattern is a valid topic pattern once its
 // placeholders are filled in.
 func checkPerms(p *hub.Permissions) error {
@@ -192,7 +202,7 @@ func checkPerms(p *hub.Permissions) error {
 	}
 	for _, list := range [][]string{p.Publish, p.Subscribe, p.DenyPublish, p.DenySubscribe} {
 		for _, pat := range list {
-			filled := strings.NewReplacer("{name}", "x", "{store}", "x").Replace(pat)
+			filled := placeholderRE.ReplaceAllString(pat, "x")
 			if !protocol.ValidPattern([]byte(filled)) {
 				return fmt.Errorf("invalid topic pattern %q", pat)
 			}
@@ -231,7 +241,10 @@ func (a *Authenticator) Authenticate(h protocol.Hello) (hub.Identity, error) {
 	if e.Expires != nil && a.now().After(*e.Expires) {
 		return hub.Identity{}, ErrExpiredToken
 	}
-	id := hub.Identity{Role: e.Role, Name: e.Name, Store: e.Store}
+	id := hub.Identity{Role: e.Role, Name: e.Name}
+	if e.Store != "" {
+		id.Attrs = map[string]string{StoreAttr: e.Store}
+	}
 	if e.Expires != nil {
 		id.Expires = *e.Expires // the hub closes the session then
 	}

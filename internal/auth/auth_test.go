@@ -49,7 +49,7 @@ func TestAuthenticate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id.Role != "vendor" || id.Name != "1-206-flowers" || id.Store != "1-206-flowers" || id.Perms != nil {
+	if id.Role != "vendor" || id.Name != "1-206-flowers" || id.Attr(auth.StoreAttr) != "1-206-flowers" || id.Perms != nil {
 		t.Fatalf("vendor identity %+v", id)
 	}
 	id, err = a.Authenticate(hello(driverTok))

@@ -165,13 +165,12 @@ func NewApp(cfg AppConfig) *App {
 func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 	a.host = host
 	a.log = host.Logger().With("app", "chat")
-	eng := host.Engine()
-	a.js = eng.JS
+	a.js = host.JetStream()
 	// A room keeps its last History messages; all rooms together keep at
 	// most MaxBytes for at most MaxAge, the oldest going first. A message
 	// over MaxPayload never reaches the stream (onPublish), and the stream
 	// itself refuses one (with its headers) that would.
-	if err := host.AddStream(ctx, engine.StreamSpec{
+	if err := host.AddStream(ctx, hub.StreamSpec{
 		Name:              RoomsStream,
 		Topics:            []string{RoomTopic("*")},
 		MaxMsgsPerSubject: int64(a.cfg.History),
@@ -185,7 +184,7 @@ func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 	// Records are rewritten every PresenceTTL/3 while their session lives,
 	// so an age limit far above that only ever removes leftovers (delete
 	// markers, records of hubs that died).
-	kv, err := eng.EnsureKV(ctx, engine.KVSpec{
+	kv, err := host.KeyValue(ctx, hub.BucketSpec{
 		Bucket:       PresenceBucket,
 		TTL:          max(10*a.cfg.PresenceTTL, 5*time.Minute),
 		MaxBytes:     a.cfg.PresenceMaxBytes,
@@ -525,7 +524,7 @@ func (a *App) history(ctx context.Context, s hub.SessionInfo, payload []byte) ([
 // lastMessages reads up to limit of a room's stored messages, oldest first.
 func (a *App) lastMessages(ctx context.Context, room string, limit int) ([]Message, error) {
 	cons, err := a.js.OrderedConsumer(ctx, RoomsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{engine.Subject(RoomTopic(room))},
+		FilterSubjects: []string{hub.Subject(RoomTopic(room))},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {

@@ -195,7 +195,7 @@ func TestAuthenticatedNames(t *testing.T) {
 		c.Auth = tokens{
 			"t-alice": {Role: protocol.RoleChat, Name: "alice"},
 			"t-bob":   {Role: protocol.RoleChat, Name: "bob"},
-			"t-shop":  {Role: protocol.RoleVendor, Name: "acme", Store: "acme"},
+			"t-shop":  {Role: protocol.RoleVendor, Name: "acme", Attrs: map[string]string{"store": "acme"}},
 		}
 	})
 	addr := h.Addr().String()

@@ -135,7 +135,7 @@ func New(opts Options) *App {
 func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 	a.host = host
 	a.log = host.Logger().With("app", "dashboard")
-	a.nc = host.Engine().NC
+	a.nc = host.NATS()
 	a.orders = newOrderIndex(a.opts.MaxOrders, a.log)
 	keep := int(a.opts.History / a.opts.SampleEvery)
 	a.sampler = newSampler(host.Gatherer(), a.opts.LatencyMetric, a.opts.SampleEvery, a.opts.LatencyWindow, max(keep, 1))
@@ -161,7 +161,7 @@ func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 		<-ctx.Done()
 		_ = sub.Unsubscribe()
 	}()
-	go a.orders.run(ctx, host.Engine().JS, a.opts.Retry)
+	go a.orders.run(ctx, host.JetStream(), a.opts.Retry)
 	go a.sampler.run(ctx)
 	return nil
 }
@@ -182,11 +182,12 @@ type Hello struct {
 }
 
 func (a *App) hello(_ context.Context, s hub.SessionInfo, _ []byte) ([]byte, error) {
-	h := Hello{Session: s.ID, Hub: s.Hub, Role: s.Role, Name: s.Name, Store: s.Store, Orders: "none"}
+	store := parcel.StoreOf(s)
+	h := Hello{Session: s.ID, Hub: s.Hub, Role: s.Role, Name: s.Name, Store: store, Orders: "none"}
 	switch {
 	case a.mayReceiveStore(s.ID, "*"):
 		h.Orders = "all"
-	case s.Store != "" && a.mayReceiveStore(s.ID, s.Store):
+	case store != "" && a.mayReceiveStore(s.ID, store):
 		h.Orders = "store"
 	}
 	h.People = a.host.MayReceive(s.ID, peopleTopic)

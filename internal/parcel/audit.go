@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/caps-hub/caps/internal/engine"
+	"github.com/caps-hub/caps/hub"
 )
 
 // Audit is what the engine holds about a set of orders: how many times each
@@ -27,9 +27,9 @@ type Audit struct {
 // not for a hub with months of traffic.
 func (d *Dispatcher) Audit(ctx context.Context, ids []string) (*Audit, error) {
 	a := &Audit{Events: map[string]map[string]int{}, Orders: map[string]*Order{}}
-	js := d.host.Engine().JS
+	js := d.host.JetStream()
 	cons, err := js.OrderedConsumer(ctx, StreamName, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{engine.Subject(topicRoot + ".>")},
+		FilterSubjects: []string{hub.Subject(topicRoot + ".>")},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
@@ -44,7 +44,7 @@ func (d *Dispatcher) Audit(ctx context.Context, ids []string) (*Audit, error) {
 		got := 0
 		for m := range batch.Messages() {
 			got++
-			event, _, ok := SplitTopic(engine.Topic(m.Subject()))
+			event, _, ok := SplitTopic(hub.TopicOf(m.Subject()))
 			if !ok {
 				continue
 			}

@@ -1,8 +1,8 @@
 package parcel
 
-// The classroom dialect (hub/legacy.go): Node.js classroom vendors and
+// The classroom dialect (hub/classroom.go): Node.js classroom vendors and
 // drivers speak bare {"event","payload"} objects with no handshake. The hub
-// asks the Dispatcher, as a hub.LegacyRouter, what their events mean; the
+// asks the Dispatcher, as a hub.ClassroomRouter, what their events mean; the
 // answers put them in the same queues as native clients, under the same
 // rules:
 //
@@ -24,36 +24,36 @@ import (
 	"github.com/caps-hub/caps/protocol"
 )
 
-var _ hub.LegacyRouter = (*Dispatcher)(nil)
+var _ hub.ClassroomRouter = (*Dispatcher)(nil)
 
-// LegacyIdle makes a silent classroom connection a driver.
-func (d *Dispatcher) LegacyIdle() (hub.LegacyPersona, bool) { return classroomDriver(), true }
+// ClassroomIdle makes a silent classroom connection a driver.
+func (d *Dispatcher) ClassroomIdle() (hub.ClassroomPersona, bool) { return classroomDriver(), true }
 
-// LegacyRoute maps the classroom's pickup, in-transit and delivered events to
+// ClassroomRoute maps the classroom's pickup, in-transit and delivered events to
 // parcel topics; other events are not the parcel service's.
-func (d *Dispatcher) LegacyRoute(s hub.SessionInfo, event string, payload []byte) (hub.LegacyRoute, bool, error) {
+func (d *Dispatcher) ClassroomRoute(s hub.SessionInfo, event string, payload []byte) (hub.ClassroomRoute, bool, error) {
 	switch event {
 	case EventPickup, EventInTransit, EventDelivered:
 	default:
-		return hub.LegacyRoute{}, false, nil
+		return hub.ClassroomRoute{}, false, nil
 	}
 	ev, err := ParsePayload(payload)
 	if err != nil {
-		return hub.LegacyRoute{}, true, reject(err)
+		return hub.ClassroomRoute{}, true, reject(err)
 	}
 	// The same message ids as the native clients: a repeated event is a
 	// retry the dispatcher accepts once and the engine stores once.
-	r := hub.LegacyRoute{Topic: Topic(event, ev.Store), Key: msgID(ev.OrderID, event)}
+	r := hub.ClassroomRoute{Topic: Topic(event, ev.Store), Key: msgID(ev.OrderID, event)}
 	if event == EventPickup {
-		if s.Role == protocol.RoleVendor && s.Store != ev.Store {
-			return r, true, reject(refuse(RuleWrongStore, "this classroom connection posts pickups for store %s, not %s", s.Store, ev.Store))
+		if s.Role == protocol.RoleVendor && StoreOf(s) != ev.Store {
+			return r, true, reject(refuse(RuleWrongStore, "this classroom connection posts pickups for store %s, not %s", StoreOf(s), ev.Store))
 		}
 		p := classroomVendor(ev.Store)
 		r.Persona = &p
 		return r, true, nil
 	}
 	if s.Role == protocol.RoleVendor {
-		return r, true, reject(refuse(RuleNotHolder, "this classroom connection is the vendor of %s; a driver reports %s on a connection of its own", s.Store, event))
+		return r, true, reject(refuse(RuleNotHolder, "this classroom connection is the vendor of %s; a driver reports %s on a connection of its own", StoreOf(s), event))
 	}
 	p := classroomDriver()
 	r.Persona = &p
@@ -63,16 +63,16 @@ func (d *Dispatcher) LegacyRoute(s hub.SessionInfo, event string, payload []byte
 	return r, true, nil
 }
 
-func classroomDriver() hub.LegacyPersona {
-	return hub.LegacyPersona{Role: protocol.RoleDriver, Subs: []hub.LegacySub{{
-		Pattern: Topic(EventPickup, "*"), Durable: DriversDurable, Flags: protocol.FlagDeliverAll,
+func classroomDriver() hub.ClassroomPersona {
+	return hub.ClassroomPersona{Role: protocol.RoleDriver, Subs: []hub.ClassroomSub{{
+		Pattern: Topic(EventPickup, "*"), Durable: DriversDurable, DeliverAll: true,
 		MaxInFlight: 1, AckKey: pickupAckKey,
 	}}}
 }
 
-func classroomVendor(store string) hub.LegacyPersona {
-	return hub.LegacyPersona{Role: protocol.RoleVendor, Store: store, Subs: []hub.LegacySub{{
-		Pattern: Topic(EventDelivered, store), Durable: VendorDurable(store), Flags: protocol.FlagDeliverAll,
+func classroomVendor(store string) hub.ClassroomPersona {
+	return hub.ClassroomPersona{Role: protocol.RoleVendor, Attrs: map[string]string{StoreAttr: store}, Subs: []hub.ClassroomSub{{
+		Pattern: Topic(EventDelivered, store), Durable: VendorDurable(store), DeliverAll: true,
 		MaxInFlight: 1,
 	}}}
 }

@@ -74,7 +74,7 @@ func TestClassroomNodeClientsMixWithNative(t *testing.T) {
 		// The Node driver says nothing until it has work: it is taken for a
 		// classroom driver at the handshake deadline.
 		c.HandshakeTimeout = 300 * time.Millisecond
-		c.LegacyGrace = 200 * time.Millisecond
+		c.ClassroomGrace = 200 * time.Millisecond
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

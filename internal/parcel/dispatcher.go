@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/caps-hub/caps/hub"
-	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -78,15 +77,15 @@ func NewDispatcher(opts Options) *Dispatcher {
 // tracking service.
 func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	d.host = h
-	if err := h.AddStream(ctx, engine.StreamSpec{Name: StreamName, Topics: []string{topicRoot + ".>"}, MaxAge: d.opts.Retention}); err != nil {
+	if err := h.AddStream(ctx, hub.StreamSpec{Name: StreamName, Topics: []string{topicRoot + ".>"}, MaxAge: d.opts.Retention}); err != nil {
 		return fmt.Errorf("parcel stream: %w", err)
 	}
-	kv, err := h.Engine().EnsureKV(ctx, engine.KVSpec{Bucket: BucketName, History: 5, TTL: d.opts.OrderTTL})
+	kv, err := h.KeyValue(ctx, hub.BucketSpec{Bucket: BucketName, History: 5, TTL: d.opts.OrderTTL})
 	if err != nil {
 		return fmt.Errorf("orders bucket: %w", err)
 	}
 	d.kv = kv
-	if d.held, err = h.Engine().EnsureKV(ctx, engine.KVSpec{Bucket: HeldBucket, TTL: d.opts.OrderTTL}); err != nil {
+	if d.held, err = h.KeyValue(ctx, hub.BucketSpec{Bucket: HeldBucket, TTL: d.opts.OrderTTL}); err != nil {
 		return fmt.Errorf("held bucket: %w", err)
 	}
 	if d.metrics, err = newOrderMetrics(h.Metrics()); err != nil {
@@ -100,6 +99,12 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 		}
 		return topic
 	})
+	// A vendor's store is an attribute of its identity, which its
+	// permissions name as {store}: from its token on a hub with --auth; on an
+	// open hub, where anyone may claim any role, its name.
+	if !h.Authenticated() {
+		h.OnIdentify(vendorStoreIsName)
+	}
 	h.Grant(protocol.RoleVendor, hub.Permissions{
 		Publish:   []string{Topic(EventPickup, "{store}")},
 		Subscribe: []string{topicRoot + ".*.{store}"},
@@ -121,6 +126,22 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	return nil
 }
 
+// StoreAttr is the identity attribute naming a vendor's store
+// (hub.Identity.Attrs, hub.SessionInfo.Attrs), which permission patterns
+// name as {store}. An auth file's vendor tokens set it (internal/auth).
+const StoreAttr = "store"
+
+// StoreOf returns the store of a vendor's session ("" for other roles).
+func StoreOf(s hub.SessionInfo) string { return s.Attr(StoreAttr) }
+
+// vendorStoreIsName makes, on an open hub, a vendor's store its name.
+func vendorStoreIsName(id hub.Identity) hub.Identity {
+	if id.Role == protocol.RoleVendor && id.Attr(StoreAttr) == "" {
+		return id.WithAttr(StoreAttr, id.Name)
+	}
+	return id
+}
+
 // maxAttempts bounds the compare-and-set retries of one transition.
 const maxAttempts = 8
 
@@ -140,8 +161,8 @@ func (d *Dispatcher) onPublish(ctx context.Context, s hub.SessionInfo, topic str
 	key := hub.PublishKey(ctx)
 	switch event {
 	case EventPickup:
-		if s.Role == protocol.RoleVendor && s.Store != store {
-			return reject(refuse(RuleWrongStore, "vendor %s may only post pickups for its own store %q", s.Name, s.Store))
+		if s.Role == protocol.RoleVendor && StoreOf(s) != store {
+			return reject(refuse(RuleWrongStore, "vendor %s may only post pickups for its own store %q", s.Name, StoreOf(s)))
 		}
 		return d.pickup(ctx, s, ev.Parcel, key)
 	case EventInTransit:
@@ -324,7 +345,7 @@ func mayTrack(s hub.SessionInfo, o *Order) bool {
 	case protocol.RoleAdmin, protocol.RoleLogger:
 		return true
 	case protocol.RoleVendor:
-		return s.Store == o.Store
+		return StoreOf(s) == o.Store
 	case protocol.RoleDriver:
 		for _, st := range o.Timeline {
 			if st.Status != StatusPickup && st.By == s.Name {

@@ -152,7 +152,7 @@ func runParcels(t *testing.T, r *rig, vendors []parcelVendor, drivers []*running
 			for store, out := range vendorOut {
 				t.Logf("vendor %s printed %d thank-yous", store, out.count("Thank you"))
 			}
-			if c, err := r.b.apps.host.Engine().JS.Consumer(context.Background(), parcel.StreamName, hub.ConsumerName(parcel.DriversDurable, parcel.Topic(parcel.EventPickup, "*"))); err == nil {
+			if c, err := r.b.apps.host.JetStream().Consumer(context.Background(), parcel.StreamName, hub.ConsumerName(parcel.DriversDurable, parcel.Topic(parcel.EventPickup, "*"))); err == nil {
 				ci := c.CachedInfo()
 				t.Logf("consumer %s: pending %d, ack pending %d, redelivered %d, waiting %d, delivered %+v, ack floor %+v",
 					ci.Name, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.NumWaiting, ci.Delivered, ci.AckFloor)

@@ -52,7 +52,7 @@ func runFlows(t *testing.T, r *rig) {
 func flowReplicated(t *testing.T, r *rig) {
 	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
 	defer cancel()
-	js := r.a.apps.host.Engine().JS
+	js := r.a.apps.host.JetStream()
 	for _, name := range []string{"CAPS_CLIENTS", "CAPS_PARCELS", "KV_CAPS_ORDERS", "CHAT_ROOMS", "KV_CHAT_PRESENCE", "CLUSTER_JOBS"} {
 		s, err := js.Stream(ctx, name)
 		if err != nil {
@@ -246,7 +246,7 @@ func flowNodeDies(t *testing.T, r *rig) {
 	// a SIGKILL than after a clean stop). The next steps create durables.
 	start = time.Now()
 	for _, h := range []*runningHub{r.a, r.b} {
-		js := h.apps.host.Engine().JS
+		js := h.apps.host.JetStream()
 		waitFor(t, 2*flowTimeout, "the JetStream metadata leader, asked through "+h.name, func() bool {
 			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()

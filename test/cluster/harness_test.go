@@ -19,7 +19,6 @@ import (
 
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
-	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/internal/hubtest"
 )
 
@@ -54,7 +53,7 @@ type natsCluster interface {
 type storeApp struct{}
 
 func (storeApp) Setup(ctx context.Context, h *hub.Host) error {
-	return h.AddStream(ctx, engine.StreamSpec{Name: "CLUSTER_JOBS", Topics: []string{"jobs.>"}})
+	return h.AddStream(ctx, hub.StreamSpec{Name: "CLUSTER_JOBS", Topics: []string{"jobs.>"}})
 }
 
 // hubSpec is a hub to start: its configuration and its applications.

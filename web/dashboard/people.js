@@ -50,8 +50,8 @@ export class PeoplePanel {
       const since = Date.parse(p.since);
       return el('tr', { 'data-role': p.role, 'data-name': p.name },
         el('td', { class: 'role', text: p.role }),
-        el('td', { text: p.name + (p.store && p.store !== p.name ? ` (${p.store})` : '') }),
-        el('td', { class: 'opt', text: p.remote, title: p.dialect }),
+        el('td', { text: p.name + (p.attrs && p.attrs.store && p.attrs.store !== p.name ? ` (${p.attrs.store})` : '') }),
+        el('td', { class: 'opt', text: p.remote, title: `${p.dialect} over ${p.transport}` }),
         el('td', { class: 'opt hub', text: p.hub }),
         el('td', { class: 't', title: new Date(since).toLocaleString(), text: duration(now - since) }),
         el('td', { class: 'num load', text: p.load === undefined || p.load === null ? '' : String(p.load) }));

@@ -1,0 +1,331 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caps-hub/caps/protocol"
+)
+
+// The session API: what a client can do, as methods every dialect calls
+// (dialect.go). The methods check everything a hostile client could get
+// wrong — bounds, permissions, limits — whatever dialect it speaks, and
+// refuse with a *protocol.Error whose code the dialect passes on. They run
+// on the session's read loop unless said otherwise.
+
+// subRequest describes a subscription a client asks for.
+type subRequest struct {
+	Pattern string
+	// Group makes a live subscription one member of a queue group: each
+	// message goes to one member, here and on other hubs.
+	Group string
+	// Durable names a durable subscription: a JetStream consumer shared, on
+	// every hub, by the sessions that subscribe with this name and pattern.
+	Durable string
+	// DeliverAll: a durable's consumer created by this subscription starts
+	// at the first stored message instead of the next one.
+	DeliverAll bool
+	// MaxInFlight caps a durable's unacknowledged deliveries to this
+	// session (0: Config.MaxInFlight).
+	MaxInFlight int
+	// AckWait is a new durable consumer's redelivery time (0: Config.AckWait).
+	AckWait time.Duration
+	// History asks a live subscription on a stored topic for its last n
+	// messages first, flagged FlagHistory.
+	History int
+}
+
+// validate holds a subscription's numbers to the protocol's bounds.
+func (sb subRequest) validate() error {
+	o := protocol.SubOptions{MaxInFlight: sb.MaxInFlight, AckWaitMS: int(sb.AckWait / time.Millisecond), History: sb.History}
+	if sb.AckWait > 0 && o.AckWaitMS == 0 {
+		o.AckWaitMS = -1 // under a millisecond: out of range
+	}
+	if err := o.Validate(); err != nil {
+		return Reject(protocol.CodeBadRequest, "subscription options: "+err.Error())
+	}
+	if sb.Group != "" && !protocol.ValidName(sb.Group) {
+		return Reject(protocol.CodeBadRequest, fmt.Sprintf("bad queue group %q", sb.Group))
+	}
+	return nil
+}
+
+// subscribe subscribes the session. accepted, when not nil, runs once the
+// subscription exists and before its first message is queued, with its
+// id (sid): a dialect answers there (the CAPS OK carries the sid). An error
+// refuses the subscription and nothing was subscribed. A history that
+// cannot be read once the subscription is accepted is told to the client
+// as a notice; the subscription stays.
+func (s *Session) subscribe(ctx context.Context, sb subRequest, accepted func(sid uint64)) (uint64, error) {
+	h := s.hub
+	pattern := []byte(sb.Pattern)
+	if !protocol.ValidPattern(pattern) {
+		return 0, Reject(protocol.CodeBadTopic, fmt.Sprintf("invalid pattern %q", sb.Pattern))
+	}
+	if !s.perms.Load().canSubscribe(pattern) {
+		return 0, Reject(protocol.CodeForbidden, fmt.Sprintf("%s %q may not subscribe to %q", s.info.Role, s.info.Name, sb.Pattern))
+	}
+	if err := sb.validate(); err != nil {
+		return 0, err
+	}
+	s.subMu.Lock()
+	n := s.nsubs
+	s.subMu.Unlock()
+	if n >= h.cfg.MaxSubs {
+		return 0, Reject(protocol.CodeTooManySubs, fmt.Sprintf("at most %d subscriptions per connection", h.cfg.MaxSubs))
+	}
+	if err := h.runSubHooks(ctx, s, sb.Pattern); err != nil {
+		return 0, withCode(err, protocol.CodeRejected)
+	}
+	if sb.Durable != "" {
+		return s.subscribeDurable(ctx, sb, accepted)
+	}
+	ts, err := h.router.open(sb.Pattern, sb.Group)
+	if err != nil {
+		h.runUnsubHooks(s, sb.Pattern)
+		return 0, Reject(protocol.CodeUnavailable, err.Error())
+	}
+	s.subMu.Lock()
+	if _, dup := s.live[ts.sid]; !dup {
+		s.live[ts.sid] = ts
+		s.nsubs++
+	}
+	s.subMu.Unlock()
+	if accepted != nil {
+		accepted(ts.sid)
+	}
+	if sb.History > 0 {
+		// History (after the answer, so it carries the sid) and then live:
+		// a newcomer sees the conversation in order, with no gap between.
+		err := h.subscribeWithHistory(s, ts, func() (map[string]bool, error) {
+			hctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
+			defer cancel()
+			return h.sendHistory(hctx, s, sb.Pattern, sb.History, ts.sid)
+		})
+		if err != nil {
+			code, text := errCode(err, protocol.CodeInternal)
+			s.notify(code, text)
+		}
+		return ts.sid, nil
+	}
+	h.router.join(ts, s)
+	return ts.sid, nil
+}
+
+func (s *Session) subscribeDurable(ctx context.Context, sb subRequest, accepted func(sid uint64)) (uint64, error) {
+	h := s.hub
+	jctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
+	defer cancel()
+	m, err := h.durables.join(jctx, s, sb)
+	if err != nil {
+		h.runUnsubHooks(s, sb.Pattern)
+		return 0, withCode(err, protocol.CodeInternal)
+	}
+	s.subMu.Lock()
+	s.dur[m.sid] = m
+	s.nsubs++
+	s.subMu.Unlock()
+	if accepted != nil {
+		accepted(m.sid)
+	}
+	h.durables.start(m)
+	return m.sid, nil
+}
+
+// unsubscribe ends subscription sid. Once it returns, the session gets no
+// more deliveries of a durable subscription; what it had not acknowledged
+// goes to another member at once.
+func (s *Session) unsubscribe(sid uint64) error {
+	s.subMu.Lock()
+	ts, live := s.live[sid]
+	m, dur := s.dur[sid]
+	delete(s.live, sid)
+	delete(s.dur, sid)
+	if live || dur {
+		s.nsubs--
+	}
+	s.subMu.Unlock()
+	switch {
+	case live:
+		s.hub.router.remove(ts, s)
+		s.hub.runUnsubHooks(s, ts.pattern)
+	case dur:
+		s.hub.durables.leave(m)
+		s.hub.runUnsubHooks(s, m.pattern)
+	default:
+		return Reject(protocol.CodeNotFound, fmt.Sprintf("no subscription %d", sid))
+	}
+	return nil
+}
+
+// pubRequest is a message a client publishes.
+type pubRequest struct {
+	// ID is the dialect's number for this publish, handed back to
+	// dialect.published with the outcome.
+	ID    uint64
+	Topic []byte
+	// Key is the message id: a stored topic keeps one message per id (a
+	// retry is stored once), and publish hooks see it (PublishKey).
+	Key     []byte
+	Payload []byte
+	// Stored refuses the publish unless the topic is stored.
+	Stored bool
+	// Allowed: the dialect has already taken this publish's share of the
+	// rate limit (allow), before work of its own.
+	Allowed bool
+}
+
+// allow takes one publish or request from the session's rate limit.
+func (s *Session) allow() error {
+	if s.limiter != nil && !s.limiter.Allow() {
+		return Reject(protocol.CodeRateLimited, fmt.Sprintf("more than %d publishes and requests per second", s.hub.cfg.PubRate))
+	}
+	return nil
+}
+
+// publish checks p (rate, topic, permissions, the apps' publish hooks),
+// hands it to the engine and reports the outcome to the dialect
+// (dialect.published). Today the outcome is reported before publish
+// returns; a dialect must not count on it (published), so that stored
+// publishes can complete once the engine has them while the read loop goes
+// on — the engine's group commit amortises its writes over the publishes in
+// flight. p's slices are not used once publish returns.
+func (s *Session) publish(ctx context.Context, p pubRequest) {
+	seq, err := s.publishNow(ctx, p)
+	if err != nil {
+		err = withCode(err, protocol.CodeRejected)
+	}
+	s.dialect.published(s, p.ID, seq, err)
+}
+
+func (s *Session) publishNow(ctx context.Context, p pubRequest) (uint64, error) {
+	h := s.hub
+	if !p.Allowed {
+		if err := s.allow(); err != nil {
+			return 0, err
+		}
+	}
+	if !protocol.ValidTopic(p.Topic) {
+		return 0, Reject(protocol.CodeBadTopic, fmt.Sprintf("invalid topic %q", p.Topic))
+	}
+	if !s.perms.Load().canPublish(p.Topic) {
+		return 0, Reject(protocol.CodeForbidden, fmt.Sprintf("%s %q may not publish to %q", s.info.Role, s.info.Name, p.Topic))
+	}
+	if err := h.runPubHooks(ctx, s.info, p.Key, p.Topic, p.Payload); err != nil {
+		return 0, withCode(err, protocol.CodeRejected)
+	}
+	// publishChecked bounds the wait for the engine itself, on stored topics
+	// only: a timer per live publish was a quarter of the hub's allocations.
+	seq, err := h.publishChecked(ctx, p.Topic, p.Key, p.Payload, p.Stored)
+	if err != nil {
+		return 0, withCode(err, protocol.CodeUnavailable)
+	}
+	h.logEvent(p.Topic, p.Payload)
+	return seq, nil
+}
+
+// ack acknowledges delivery seq of durable subscription sid; with confirm
+// it returns once the engine has the acknowledgement.
+func (s *Session) ack(ctx context.Context, sid, seq uint64, confirm bool) error {
+	how := settleAck
+	if confirm {
+		how = settleAckConfirm
+	}
+	return s.settle(ctx, sid, seq, how)
+}
+
+// nak gives delivery seq of durable subscription sid back, for another
+// member (or this one) at once.
+func (s *Session) nak(sid, seq uint64) error {
+	return s.settle(s.ctx, sid, seq, settleNak)
+}
+
+func (s *Session) settle(ctx context.Context, sid, seq uint64, how settlement) error {
+	s.subMu.Lock()
+	m := s.dur[sid]
+	s.subMu.Unlock()
+	if m == nil {
+		return Reject(protocol.CodeNotFound, fmt.Sprintf("no durable subscription %d", sid))
+	}
+	return s.hub.durables.settle(ctx, m, seq, how)
+}
+
+// maxRequests is how many requests of one session run at once. A client
+// that sends more waits (its read loop does): requests are answered by id,
+// in any order, but one connection cannot take over the hub's goroutines.
+const maxRequests = 8
+
+// request runs service name with payload off the read loop and reports the
+// answer to the dialect (dialect.replied) with id. The service gets
+// ServiceTimeout, and less if the session ends first. While maxRequests of
+// the session's requests run, request waits for one to end.
+func (s *Session) request(id uint64, name string, payload []byte) {
+	h := s.hub
+	if err := s.allow(); err != nil {
+		s.dialect.replied(s, id, name, nil, err)
+		return
+	}
+	fn, ok := h.services[name]
+	if !ok {
+		s.dialect.replied(s, id, name, nil, Reject(protocol.CodeNotFound, fmt.Sprintf("no service %q", name)))
+		return
+	}
+	if s.reqs == nil {
+		s.reqs = make(chan struct{}, maxRequests)
+	}
+	select {
+	case s.reqs <- struct{}{}:
+	case <-s.done:
+		return
+	}
+	body := bytes.Clone(payload) // the read loop reuses payload's buffer
+	info := s.info
+	s.work.Add(1)
+	go func() {
+		defer s.work.Done()
+		defer func() { <-s.reqs }()
+		ctx, cancel := context.WithTimeout(s.ctx, ServiceTimeout)
+		defer cancel()
+		out, err := fn(ctx, info, body)
+		if err != nil {
+			err = withCode(err, protocol.CodeInternal)
+		}
+		s.dialect.replied(s, id, name, out, err)
+	}()
+}
+
+// reidentify changes who the session is taken for: its role, attributes
+// and permissions (a classroom connection shows by what it sends whether
+// it is a vendor or a driver). Its subscriptions stay: the dialect ends
+// those the new identity should not have. Only the read loop may call it.
+func (s *Session) reidentify(id Identity) {
+	h := s.hub
+	id.Name = s.ident.Name
+	id = h.completeIdentity(id)
+	old := s.ident
+	s.ident = id
+	s.perms.Store(h.permissionsOf(id))
+	s.infoMu.Lock()
+	s.info.Role, s.info.Attrs = id.Role, id.Attrs
+	s.infoMu.Unlock()
+	if old.Role != id.Role {
+		h.metrics.conns.WithLabelValues(old.Role).Dec()
+		h.metrics.conns.WithLabelValues(id.Role).Inc()
+	}
+}
+
+// close ends the session at the client's request: what is queued is
+// written, then the connection is closed.
+func (s *Session) close(reason error) { s.closeWith(nil, "", reason) }
+
+// withCode makes err a *protocol.Error, with code when it has none.
+func withCode(err error, code string) error {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	return &protocol.Error{Code: code, Text: err.Error()}
+}
