@@ -2,13 +2,13 @@ package client_test
 
 import (
 	"context"
-	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 )
 
 // Benchmarks of the client library against a real hub over loopback:
@@ -18,20 +18,7 @@ import (
 func benchHubAddr(b *testing.B) string {
 	b.Helper()
 	sync := false
-	h := hub.New(hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: b.TempDir(), Quiet: true, Name: "bench",
-		PubRate: -1, SyncAlways: &sync, Logger: slog.New(slog.DiscardHandler)})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		b.Fatalf("hub: %v", err)
-	case <-time.After(30 * time.Second):
-		b.Fatal("hub did not start")
-	}
-	b.Cleanup(func() { cancel(); <-done })
-	return h.Addr().String()
+	return hubtest.Start(b, hub.Config{Name: "bench", PubRate: -1, SyncAlways: &sync}).Addr().String()
 }
 
 func benchDial(b *testing.B, addr, name string) *client.Conn {

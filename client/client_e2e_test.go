@@ -114,18 +114,6 @@ func (b *inbox) topics() []string {
 	return out
 }
 
-// waitFor waits until cond holds, for at most d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestE2EPubSub(t *testing.T) {
 	th := startHub(t, "", "", nil)
 	ctx := ctxFor(t, 30*time.Second)
@@ -145,7 +133,7 @@ func TestE2EPubSub(t *testing.T) {
 	if err := pub.PublishAsync("e2e.two", []byte("async")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "2 messages", func() bool { return len(in.all()) == 2 })
+	hubtest.Until(t, 15*time.Second, "2 messages", func() bool { return len(in.all()) == 2 })
 	m := in.all()[0]
 	if m.Topic != "e2e.one" || string(m.Payload) != "hello" || m.Key != "m-1" || m.Seq != 0 || m.AckRequired {
 		t.Fatalf("msg %+v", m)
@@ -210,7 +198,7 @@ func TestE2EWildcards(t *testing.T) {
 	for _, w := range want {
 		wantTotal += len(w)
 	}
-	waitFor(t, 15*time.Second, "deliveries", func() bool { return total() >= wantTotal })
+	hubtest.Until(t, 15*time.Second, "deliveries", func() bool { return total() >= wantTotal })
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -238,14 +226,14 @@ func TestE2ESharedSid(t *testing.T) {
 	if _, err := c.Publish(ctx, "s.x", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "both", func() bool { return len(a.all()) == 1 && len(b.all()) == 1 })
+	hubtest.Until(t, 15*time.Second, "both", func() bool { return len(a.all()) == 1 && len(b.all()) == 1 })
 	if err := sa.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Publish(ctx, "s.x", []byte("2")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "second", func() bool { return len(b.all()) == 2 })
+	hubtest.Until(t, 15*time.Second, "second", func() bool { return len(b.all()) == 2 })
 	if len(a.all()) != 1 {
 		t.Fatalf("unsubscribed handler called again")
 	}
@@ -293,7 +281,7 @@ func TestE2EQueueGroup(t *testing.T) {
 	if err := pub.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "all deliveries", func() bool {
+	hubtest.Until(t, 20*time.Second, "all deliveries", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(seen) == n && len(all.all()) == n
@@ -385,7 +373,7 @@ func TestE2EDurableAcrossDisconnect(t *testing.T) {
 	for i := range 10 {
 		publish(i)
 	}
-	waitFor(t, 20*time.Second, "10 acks", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == 10 })
+	hubtest.Until(t, 20*time.Second, "10 acks", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == 10 })
 	// 10 delivered but not acknowledged.
 	mu.Lock()
 	ackNow = false
@@ -393,7 +381,7 @@ func TestE2EDurableAcrossDisconnect(t *testing.T) {
 	for i := 10; i < 20; i++ {
 		publish(i)
 	}
-	waitFor(t, 20*time.Second, "10 unacked deliveries", func() bool { mu.Lock(); defer mu.Unlock(); return len(pending) == 10 })
+	hubtest.Until(t, 20*time.Second, "10 unacked deliveries", func() bool { mu.Lock(); defer mu.Unlock(); return len(pending) == 10 })
 
 	// Cut the connection; publish more while the worker is away.
 	stMu.Lock()
@@ -406,7 +394,7 @@ func TestE2EDurableAcrossDisconnect(t *testing.T) {
 	for i := 20; i < 30; i++ {
 		publish(i)
 	}
-	waitFor(t, 15*time.Second, "every message acknowledged", func() bool {
+	hubtest.Until(t, 15*time.Second, "every message acknowledged", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(acked) == 30
@@ -486,12 +474,12 @@ func TestE2EDurablePromptRedelivery(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		waitFor(t, 20*time.Second, "10 held", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 10 })
+		hubtest.Until(t, 20*time.Second, "10 held", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 10 })
 		mu.Lock()
 		hold = false
 		mu.Unlock()
 		k.Cut()
-		waitFor(t, 20*time.Second, "held deliveries back after the reconnect", func() bool {
+		hubtest.Until(t, 20*time.Second, "held deliveries back after the reconnect", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(done) == 10
@@ -518,7 +506,7 @@ func TestE2EDurableAutoAck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 20*time.Second, "5 deliveries", func() bool { return len(in.all()) == 5 })
+	hubtest.Until(t, 20*time.Second, "5 deliveries", func() bool { return len(in.all()) == 5 })
 	if err := c1.Flush(ctx); err != nil { // the automatic ACKs have been read
 		t.Fatal(err)
 	}
@@ -531,7 +519,7 @@ func TestE2EDurableAutoAck(t *testing.T) {
 	if _, err := pub.Publish(ctx, "store.auto.x", []byte("new")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the new one", func() bool { return len(in2.all()) >= 1 })
+	hubtest.Until(t, 20*time.Second, "the new one", func() bool { return len(in2.all()) >= 1 })
 	if err := c2.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -564,7 +552,7 @@ func TestE2EHistory(t *testing.T) {
 	if _, err := c.Publish(ctx, "store.hist.x", []byte("live")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "history and live", func() bool { return len(withHist.all()) == 4 && len(plain.all()) == 1 })
+	hubtest.Until(t, 20*time.Second, "history and live", func() bool { return len(withHist.all()) == 4 && len(plain.all()) == 1 })
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -657,7 +645,7 @@ func TestE2EHubRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 20*time.Second, "5 held", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 5 })
+	hubtest.Until(t, 20*time.Second, "5 held", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 5 })
 	mu.Lock()
 	if err := held[0].Ack(ctx); err != nil { // one acknowledged before the restart
 		t.Fatal(err)
@@ -668,7 +656,7 @@ func TestE2EHubRestart(t *testing.T) {
 	t0 := time.Now()
 	th.stop()
 	t.Logf("hub stopped in %v", time.Since(t0))
-	waitFor(t, 20*time.Second, "reconnecting", func() bool { return c.State() == client.StateReconnecting })
+	hubtest.Until(t, 20*time.Second, "reconnecting", func() bool { return c.State() == client.StateReconnecting })
 	// A publish while the hub is down waits for it.
 	pubDone := make(chan error, 1)
 	go func() {
@@ -676,7 +664,7 @@ func TestE2EHubRestart(t *testing.T) {
 		pubDone <- err
 	}()
 	startHub(t, th.dir, th.addr, nil)
-	waitFor(t, 30*time.Second, "reconnected", func() bool { return c.State() == client.StateConnected })
+	hubtest.Until(t, 30*time.Second, "reconnected", func() bool { return c.State() == client.StateConnected })
 	if err := <-pubDone; err != nil {
 		t.Fatalf("publish across the restart: %v", err)
 	}
@@ -684,7 +672,7 @@ func TestE2EHubRestart(t *testing.T) {
 	if w := c.Welcome(); w.Session == session1 || !w.Resumed {
 		t.Errorf("welcome after restart %+v (first session %s)", w, session1)
 	}
-	waitFor(t, 30*time.Second, "unacknowledged messages again, and the new one", func() bool {
+	hubtest.Until(t, 30*time.Second, "unacknowledged messages again, and the new one", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		for i := 1; i < 5; i++ {
@@ -698,7 +686,7 @@ func TestE2EHubRestart(t *testing.T) {
 	if _, err := c.Publish(ctx, "live.x", []byte("after")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "live subscription restored", func() bool { return len(live.all()) == 1 })
+	hubtest.Until(t, 20*time.Second, "live subscription restored", func() bool { return len(live.all()) == 1 })
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -763,7 +751,7 @@ func TestE2ETLS(t *testing.T) {
 	if _, err := c.Publish(ctx, "tls.x", []byte("secret")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "delivery over TLS", func() bool { return len(in.all()) == 1 })
+	hubtest.Until(t, 15*time.Second, "delivery over TLS", func() bool { return len(in.all()) == 1 })
 
 	// An untrusted certificate ends Dial instead of retrying forever.
 	start := time.Now()
@@ -800,9 +788,9 @@ func TestE2EFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.stop()
-	waitFor(t, 20*time.Second, "failover", func() bool { return c.State() == client.StateConnected && c.Addr() == "caps://"+b.addr })
+	hubtest.Until(t, 20*time.Second, "failover", func() bool { return c.State() == client.StateConnected && c.Addr() == "caps://"+b.addr })
 	if _, err := c.Publish(ctx, "f.x", []byte("on b")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "delivery on b", func() bool { return len(in.all()) == 1 })
+	hubtest.Until(t, 20*time.Second, "delivery on b", func() bool { return len(in.all()) == 1 })
 }

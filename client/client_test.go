@@ -301,7 +301,7 @@ func TestPubSub(t *testing.T) {
 	if err := c.PublishAsync("a.d", []byte("three")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "3 messages", func() bool { return col.len() == 3 })
+	hubtest.Until(t, 10*time.Second, "3 messages", func() bool { return col.len() == 3 })
 	m := col.get(0)
 	if m.Topic != "a.b" || string(m.Payload) != "one" || m.Key != "m1" || m.Sub != sub || m.AckRequired {
 		t.Fatalf("msg 0 = %+v", m)
@@ -400,7 +400,7 @@ func TestSharedSid(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "group deliveries", func() bool { return g.len()+g2.len() == 10 && a.len() == 10 })
+	hubtest.Until(t, 10*time.Second, "group deliveries", func() bool { return g.len()+g2.len() == 10 && a.len() == 10 })
 	if g.len() == 0 || g2.len() == 0 {
 		t.Fatalf("round robin: %d and %d", g.len(), g2.len())
 	}
@@ -411,7 +411,7 @@ func TestSharedSid(t *testing.T) {
 	if _, err := c.Publish(ctx, "x.y", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "deliveries", func() bool { return a.len() == 1 && b.len() == 1 && g.len() == 1 })
+	hubtest.Until(t, 10*time.Second, "deliveries", func() bool { return a.len() == 1 && b.len() == 1 && g.len() == 1 })
 	if a.get(0) == b.get(0) || &a.get(0).Payload[0] == &b.get(0).Payload[0] {
 		t.Fatal("handlers share one Msg")
 	}
@@ -427,7 +427,7 @@ func TestSharedSid(t *testing.T) {
 	if _, err := c.Publish(ctx, "x.y", []byte("2")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "second delivery", func() bool { return b.len() == 2 && g.len() == 2 })
+	hubtest.Until(t, 10*time.Second, "second delivery", func() bool { return b.len() == 2 && g.len() == 2 })
 	if a.len() != 1 {
 		t.Fatalf("unsubscribed handler got %d", a.len())
 	}
@@ -475,7 +475,7 @@ func TestHubReturnsSameSid(t *testing.T) {
 	}
 	h.sendAll(&protocol.Frame{Op: protocol.OpMsg, ID: 101, Topic: []byte("h.x"), Flags: protocol.FlagHistory, Payload: []byte("old")})
 	h.sendAll(&protocol.Frame{Op: protocol.OpMsg, ID: 101, Topic: []byte("h.x"), Payload: []byte("new")})
-	eventually(t, "deliveries", func() bool { return a.len() == 1 && b.len() == 2 })
+	hubtest.Until(t, 10*time.Second, "deliveries", func() bool { return a.len() == 1 && b.len() == 2 })
 	if string(a.get(0).Payload) != "new" || !b.get(0).History || string(b.get(0).Payload) != "old" {
 		t.Fatalf("a=%+v b0=%+v", a.get(0), b.get(0))
 	}
@@ -581,7 +581,7 @@ func TestAutoAck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "3 acks", func() bool { return len(h.frames(protocol.OpAck)) == 3 })
+	hubtest.Until(t, 10*time.Second, "3 acks", func() bool { return len(h.frames(protocol.OpAck)) == 3 })
 	for i, a := range h.frames(protocol.OpAck) {
 		if a.Flags != 0 || a.ID != 101 || a.Seq != uint64(i+1) {
 			t.Fatalf("ack %d = %v", i, &a)
@@ -657,7 +657,7 @@ func TestReconnectResubscribes(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.kill()
-	eventually(t, "reconnect", func() bool {
+	hubtest.Until(t, 10*time.Second, "reconnect", func() bool {
 		return h.connCount() == 2 && c.State() == StateConnected && len(h.frames(protocol.OpSub)) == 4
 	})
 	hs := h.helloList()
@@ -675,18 +675,18 @@ func TestReconnectResubscribes(t *testing.T) {
 	if _, err := c.Publish(ctx, "stored.y", []byte("d")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "deliveries after reconnect", func() bool { return live.len() == 2 && dur.len() == 1 })
+	hubtest.Until(t, 10*time.Second, "deliveries after reconnect", func() bool { return live.len() == 2 && dur.len() == 1 })
 	if m0, m1 := live.get(0), live.get(1); m0.sid != 201 || m1.sid != 201 || m0.Sub == m1.Sub ||
 		(m0.Sub != sl && m0.Sub != sl2) || (m1.Sub != sl && m1.Sub != sl2) {
 		m := live.get(0)
 		t.Fatalf("msg %+v", m)
 	}
-	eventually(t, "auto ack on the new sid", func() bool {
+	hubtest.Until(t, 10*time.Second, "auto ack on the new sid", func() bool {
 		a := h.frames(protocol.OpAck)
 		return len(a) == 1 && a[0].ID == 202
 	})
 	c.Close()
-	eventually(t, "closed state", func() bool {
+	hubtest.Until(t, 10*time.Second, "closed state", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(states) > 0 && states[len(states)-1] == StateClosed
@@ -710,9 +710,9 @@ func TestResubscribeRetriedWhileUnavailable(t *testing.T) {
 	}
 	h.set(func(h *fakeHub) { h.subErr["stored.>"] = protocol.CodeUnavailable })
 	h.kill()
-	eventually(t, "refused resubscriptions", func() bool { return len(h.frames(protocol.OpSub)) >= 4 })
+	hubtest.Until(t, 10*time.Second, "refused resubscriptions", func() bool { return len(h.frames(protocol.OpSub)) >= 4 })
 	h.set(func(h *fakeHub) { delete(h.subErr, "stored.>") })
-	eventually(t, "resubscribed", func() bool {
+	hubtest.Until(t, 10*time.Second, "resubscribed", func() bool {
 		_, err := c.Publish(ctx, "stored.x", nil)
 		return err == nil && col.len() > 0
 	})
@@ -770,7 +770,7 @@ func TestPendingPublishDisconnected(t *testing.T) {
 		_, err := c.Publish(ctx, "slow.x", []byte("p"), WithMsgID("id-1"))
 		errc <- err
 	}()
-	eventually(t, "PUB at the hub", func() bool { return len(h.frames(protocol.OpPub)) == 1 })
+	hubtest.Until(t, 10*time.Second, "PUB at the hub", func() bool { return len(h.frames(protocol.OpPub)) == 1 })
 	h.kill()
 	err := <-errc
 	if !errors.Is(err, ErrDisconnected) {
@@ -787,7 +787,7 @@ func TestPublishWaitsForReconnect(t *testing.T) {
 	h := newFakeHub(t)
 	c := dialFake(t, h, Options{ReconnectMin: 50 * time.Millisecond, ReconnectMax: 50 * time.Millisecond})
 	h.kill()
-	eventually(t, "reconnecting", func() bool { return c.State() == StateReconnecting })
+	hubtest.Until(t, 10*time.Second, "reconnecting", func() bool { return c.State() == StateReconnecting })
 	if err := c.PublishAsync("a.b", nil); !errors.Is(err, ErrDisconnected) {
 		t.Fatalf("PublishAsync while down: %v", err)
 	}
@@ -803,7 +803,7 @@ func TestSubscribeWhileDown(t *testing.T) {
 	h := newFakeHub(t)
 	c := dialFake(t, h, Options{ReconnectMin: 50 * time.Millisecond, ReconnectMax: 50 * time.Millisecond})
 	h.kill()
-	eventually(t, "reconnecting", func() bool { return c.State() == StateReconnecting })
+	hubtest.Until(t, 10*time.Second, "reconnecting", func() bool { return c.State() == StateReconnecting })
 	var col collector
 	if _, err := c.Subscribe(testCtx(t), "w.x", col.handle); err != nil {
 		t.Fatal(err)
@@ -811,19 +811,19 @@ func TestSubscribeWhileDown(t *testing.T) {
 	if _, err := c.Publish(testCtx(t), "w.x", nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "delivery", func() bool { return col.len() == 1 })
+	hubtest.Until(t, 10*time.Second, "delivery", func() bool { return col.len() == 1 })
 	if n := len(h.frames(protocol.OpSub)); n != 1 {
 		t.Fatalf("%d SUBs", n)
 	}
 	// A Subscribe whose context ends first leaves nothing behind.
 	h.kill()
-	eventually(t, "reconnecting", func() bool { return c.State() == StateReconnecting })
+	hubtest.Until(t, 10*time.Second, "reconnecting", func() bool { return c.State() == StateReconnecting })
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := c.Subscribe(ctx, "w.y", col.handle); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
 	}
-	eventually(t, "reconnect", func() bool { return c.State() == StateConnected })
+	hubtest.Until(t, 10*time.Second, "reconnect", func() bool { return c.State() == StateConnected })
 	if err := c.Flush(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -840,8 +840,8 @@ func TestHeartbeatDeadHub(t *testing.T) {
 	dialFake(t, h, Options{ReconnectMin: 5 * time.Millisecond})
 	// The client pings when idle, and gives up on a hub that stays silent
 	// for two intervals.
-	eventually(t, "ping", func() bool { return len(h.frames(protocol.OpPing)) > 0 })
-	eventually(t, "dead-peer reconnect", func() bool { return h.connCount() >= 2 })
+	hubtest.Until(t, 10*time.Second, "ping", func() bool { return len(h.frames(protocol.OpPing)) > 0 })
+	hubtest.Until(t, 10*time.Second, "dead-peer reconnect", func() bool { return h.connCount() >= 2 })
 }
 
 func TestHeartbeatLiveHub(t *testing.T) {
@@ -863,7 +863,7 @@ func TestHeartbeatLiveHub(t *testing.T) {
 	}
 	// The client answers the hub's PINGs with the PING's id.
 	h.sendAll(&protocol.Frame{Op: protocol.OpPing, ID: 77})
-	eventually(t, "pong", func() bool {
+	hubtest.Until(t, 10*time.Second, "pong", func() bool {
 		for _, f := range h.frames(protocol.OpPong) {
 			if f.ID == 77 {
 				return true
@@ -877,14 +877,14 @@ func TestByeReconnects(t *testing.T) {
 	h := newFakeHub(t)
 	c := dialFake(t, h, Options{ReconnectMin: 5 * time.Millisecond})
 	h.sendAll(&protocol.Frame{Op: protocol.OpBye, Payload: []byte("shutting down")})
-	eventually(t, "reconnect", func() bool { return h.connCount() == 2 && c.State() == StateConnected })
+	hubtest.Until(t, 10*time.Second, "reconnect", func() bool { return h.connCount() == 2 && c.State() == StateConnected })
 }
 
 func TestFatalErrReconnects(t *testing.T) {
 	h := newFakeHub(t)
 	c := dialFake(t, h, Options{ReconnectMin: 5 * time.Millisecond})
 	h.sendAll(protocol.ErrorFrame(0, protocol.CodeSlowConsumer, "too slow", true))
-	eventually(t, "reconnect", func() bool { return h.connCount() == 2 && c.State() == StateConnected })
+	hubtest.Until(t, 10*time.Second, "reconnect", func() bool { return h.connCount() == 2 && c.State() == StateConnected })
 }
 
 func TestReconnectRefused(t *testing.T) {
@@ -942,7 +942,7 @@ func TestCloseSaysBye(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	eventually(t, "PUB then BYE at the hub", func() bool {
+	hubtest.Until(t, 10*time.Second, "PUB then BYE at the hub", func() bool {
 		return len(h.frames(protocol.OpBye)) == 1 && len(h.frames(protocol.OpPub)) == 1
 	})
 	<-c.Done()
@@ -966,7 +966,7 @@ func TestCloseFailsPendingWithErrClosed(t *testing.T) {
 		_, err := c.Publish(testCtx(t), "slow.x", nil)
 		errc <- err
 	}()
-	eventually(t, "PUB at the hub", func() bool { return len(h.frames(protocol.OpPub)) == 1 })
+	hubtest.Until(t, 10*time.Second, "PUB at the hub", func() bool { return len(h.frames(protocol.OpPub)) == 1 })
 	c.Close()
 	if err := <-errc; !errors.Is(err, ErrClosed) || errors.Is(err, ErrDisconnected) {
 		t.Fatalf("err = %v", err)
@@ -977,7 +977,7 @@ func TestCloseWhileReconnecting(t *testing.T) {
 	h := newFakeHub(t)
 	c := dialFake(t, h, Options{ReconnectMin: time.Hour})
 	h.kill()
-	eventually(t, "reconnecting", func() bool { return c.State() == StateReconnecting })
+	hubtest.Until(t, 10*time.Second, "reconnecting", func() bool { return c.State() == StateReconnecting })
 	errc := make(chan error, 1)
 	go func() {
 		_, err := c.Publish(context.Background(), "a.b", nil)
@@ -1025,7 +1025,7 @@ func TestHandlerMayPublish(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "echoes", func() bool { return col.len() == 20 })
+	hubtest.Until(t, 10*time.Second, "echoes", func() bool { return col.len() == 20 })
 }
 
 func TestSlowConsumer(t *testing.T) {
@@ -1047,7 +1047,7 @@ func TestSlowConsumer(t *testing.T) {
 		}
 	}
 	// The other subscription and the connection keep going.
-	eventually(t, "fast deliveries", func() bool { return fast.len() == 10 })
+	hubtest.Until(t, 10*time.Second, "fast deliveries", func() bool { return fast.len() == 10 })
 	if _, err := c.Request(ctx, "echo", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -1060,7 +1060,7 @@ func TestSlowConsumer(t *testing.T) {
 		t.Fatal("no slow consumer report")
 	}
 	close(release)
-	eventually(t, "slow deliveries", func() bool { return slow.len() == 3 }) // one running, two buffered
+	hubtest.Until(t, 10*time.Second, "slow deliveries", func() bool { return slow.len() == 3 }) // one running, two buffered
 }
 
 func TestMaxFrame(t *testing.T) {
@@ -1103,7 +1103,7 @@ func TestConcurrentPublish(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	eventually(t, "all deliveries", func() bool { return got.Load() == 1600 })
+	hubtest.Until(t, 10*time.Second, "all deliveries", func() bool { return got.Load() == 1600 })
 }
 
 type tWriter struct{ t *testing.T }

@@ -23,21 +23,16 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	hubCtx, stopHub := context.WithCancel(context.Background())
-	h := hub.New(hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: dir, Quiet: true,
-		Logger: slog.New(slog.DiscardHandler)})
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- h.Run(hubCtx) }()
-	select {
-	case <-h.Ready():
-	case err := <-hubDone:
-		log.Fatal(err)
-	}
-	defer func() { stopHub(); <-hubDone }()
-	addr := h.Addr().String()
-
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	h := hub.New(hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: dir, Quiet: true,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err := h.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer h.Shutdown(context.Background())
+	addr := h.Addr().String()
+
 	c, err := client.Dial(ctx, []string{addr}, client.Options{Name: "example"})
 	if err != nil {
 		log.Fatal(err)

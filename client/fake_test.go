@@ -305,15 +305,3 @@ func (s *fakeSess) handle(f *protocol.Frame) bool {
 	}
 	return true
 }
-
-// eventually waits up to 10 s for cond (test machines may be loaded).
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}

@@ -3,7 +3,10 @@ package hub_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -202,26 +205,79 @@ func TestHeartbeatDropsSilentPeer(t *testing.T) {
 }
 
 func TestShutdownSaysBye(t *testing.T) {
-	cfg := hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true}
-	h := hub.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	<-h.Ready()
-	r := dialRaw(t, h)
+	h := hubtest.Start(t, hub.Config{})
+	r := dialRaw(t, h.Hub)
 	r.hello("client", "c1")
-	cancel()
+	stopped := make(chan struct{})
+	go func() { defer close(stopped); h.Stop() }()
 	if f := r.nextOp(); f.Op != protocol.OpBye {
 		t.Fatalf("want BYE, got %s", f)
 	}
 	r.expectClosed()
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
+	case <-stopped:
 	case <-time.After(15 * time.Second):
 		t.Fatal("hub did not stop")
+	}
+}
+
+// TestStartAndShutdown: Start returns once the hub accepts connections;
+// Shutdown drains, may be called again, and a hub starts once.
+func TestStartAndShutdown(t *testing.T) {
+	h := hub.New(hub.Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := h.Shutdown(context.Background()); err != nil {
+		t.Fatalf("shutdown before start: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.Ready():
+	default:
+		t.Fatal("Start returned before the hub was ready")
+	}
+	r := dialRaw(t, h)
+	r.hello("client", "c1")
+	if err := h.Start(ctx); err == nil {
+		t.Fatal("a second Start succeeded")
+	}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := h.Shutdown(ctx); err != nil {
+				t.Errorf("shutdown: %v", err)
+			}
+		}()
+	}
+	if f := r.nextOp(); f.Op != protocol.OpBye {
+		t.Fatalf("want BYE, got %s", f)
+	}
+	r.expectClosed()
+	wg.Wait()
+	if _, err := net.Dial("tcp", h.Addr().String()); err == nil {
+		t.Fatal("the hub still accepts connections after Shutdown")
+	}
+}
+
+// TestStartFailsCleanly: a hub that cannot listen says why, and leaves
+// nothing running (goleak checks the goroutines, the engine is closed).
+func TestStartFailsCleanly(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	h := hub.New(hub.Config{Addr: busy.Addr().String(), HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Logger: slog.New(slog.DiscardHandler)})
+	err = h.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("Start on a busy port: %v", err)
+	}
+	if err := h.Shutdown(context.Background()); err != nil {
+		t.Fatalf("shutdown after a failed start: %v", err)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 )
 
 // browserApp gives the test page a service to call and a stored topic for a
@@ -136,24 +137,7 @@ func findChromium(t *testing.T) string {
 
 func TestCapsJSInHeadlessChromium(t *testing.T) {
 	browser := findChromium(t)
-	h := hub.New(hub.Config{
-		Addr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), Quiet: true, Name: "browser-test",
-		Apps: []hub.App{browserApp{}},
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("hub: %v", err)
-		}
-	})
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		t.Fatalf("hub: %v", err)
-	}
+	h := hubtest.Start(t, hub.Config{HTTPAddr: "127.0.0.1:0", Name: "browser-test", Apps: []hub.App{browserApp{}}})
 
 	// The native side: answer the page each time it says it is ready.
 	gctx, gcancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -185,25 +185,17 @@ func (e *env) startHub(ctx context.Context, hs hubSpec) (*target, func(), error)
 		cfg.Apps = []hub.App{parcel.NewDispatcher(parcel.Options{})}
 	}
 	h := hub.New(cfg)
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- h.Run(runCtx) }()
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		cancel()
+	if err := h.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
 		return nil, nil, fmt.Errorf("embedded hub: %w", err)
-	case <-ctx.Done():
-		cancel()
-		<-done
-		return nil, nil, ctx.Err()
 	}
 	stop := func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			e.log.Warn("embedded hub did not stop in 30s")
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := h.Shutdown(sctx); err != nil {
+			e.log.Warn("embedded hub did not drain in 30s", "err", err)
 		}
 	}
 	tg := &target{name: "caps (embedded)", kind: kindCAPS, addr: h.Addr().String(), embedded: true, hub: h}

@@ -29,11 +29,8 @@ const wait = 15 * time.Second
 
 // testHub is a hub running the chat app on loopback.
 type testHub struct {
-	*hub.Hub
-	app    *App
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
+	*hubtest.Hub
+	app *App
 }
 
 // startHub runs a hub with the chat app. Its heartbeat is short enough for
@@ -44,38 +41,16 @@ func startHub(t *testing.T, acfg AppConfig, mod func(*hub.Config)) *testHub {
 	app := NewApp(acfg)
 	off := false
 	cfg := hub.Config{
-		Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "test",
 		Heartbeat: 2 * time.Second, SyncAlways: &off, Apps: []hub.App{app},
 		ShutdownTimeout: 5 * time.Second,
 	}
 	if mod != nil {
 		mod(&cfg)
 	}
-	th := &testHub{Hub: hub.New(cfg), app: app, done: make(chan error, 1)}
-	ctx, cancel := context.WithCancel(context.Background())
-	th.cancel = cancel
-	go func() { th.done <- th.Run(ctx) }()
-	select {
-	case <-th.Ready():
-	case err := <-th.done:
-		t.Fatalf("hub did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("hub did not start in 30s")
-	}
-	t.Cleanup(th.stop)
-	return th
+	return &testHub{Hub: hubtest.Start(t, cfg), app: app}
 }
 
-func (th *testHub) stop() {
-	th.once.Do(func() {
-		th.cancel()
-		select {
-		case <-th.done:
-		case <-time.After(20 * time.Second):
-			panic("hub did not stop in 20s")
-		}
-	})
-}
+func (th *testHub) stop() { th.Stop() }
 
 // output is a goroutine-safe buffer whose readers can wait for a line.
 type output struct {

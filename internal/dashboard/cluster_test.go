@@ -10,6 +10,7 @@ import (
 
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/dashboard"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/protocol"
 )
@@ -41,7 +42,7 @@ func TestTwoHubs(t *testing.T) {
 	f.vendor("westside", 3, 20*time.Millisecond, "")
 	f.driver("wanda", 0, 0, "")
 	admin := east.dial(t, protocol.RoleAdmin, "boss", "")
-	eventually(t, "east's page sees west's clients", func() error {
+	hubtest.Eventually(t, wait, "east's page sees west's clients", func() error {
 		p, err := request[dashboard.PeopleReply](t, admin, dashboard.ServicePeople, nil)
 		if err != nil {
 			return err
@@ -63,7 +64,7 @@ func TestTwoHubs(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, "east's page sees west's orders delivered", func() error {
+	hubtest.Eventually(t, wait, "east's page sees west's orders delivered", func() error {
 		r, err := request[dashboard.OrdersReply](t, admin, dashboard.ServiceOrders, nil)
 		if err != nil {
 			return err

@@ -36,19 +36,16 @@ const wait = 30 * time.Second
 // stopped and started again on the same ports and data.
 type testHub struct {
 	t        *testing.T
-	h        *hub.Hub
+	h        *hubtest.Hub
 	mod      func(*hub.Config)
 	dir      string
 	tcp, web string // addresses, kept across restarts
-	cancel   context.CancelFunc
-	done     chan error
 }
 
 func startHub(t *testing.T, mod func(*hub.Config)) *testHub {
 	t.Helper()
 	th := &testHub{t: t, mod: mod, dir: t.TempDir(), tcp: "127.0.0.1:0", web: "127.0.0.1:0"}
 	th.start()
-	t.Cleanup(th.stop)
 	return th
 }
 
@@ -56,7 +53,7 @@ func (th *testHub) start() {
 	th.t.Helper()
 	off := false
 	cfg := hub.Config{
-		Addr: th.tcp, HTTPAddr: th.web, DataDir: th.dir, Quiet: true, Name: "test",
+		Addr: th.tcp, HTTPAddr: th.web, DataDir: th.dir,
 		SyncAlways: &off, Logger: testLog(), ShutdownTimeout: 5 * time.Second,
 		Apps: []hub.App{
 			parcel.NewDispatcher(parcel.Options{}),
@@ -70,37 +67,12 @@ func (th *testHub) start() {
 	if th.mod != nil {
 		th.mod(&cfg)
 	}
-	th.h = hub.New(cfg)
-	th.done = make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	th.cancel = cancel
-	go func() { th.done <- th.h.Run(ctx) }()
-	select {
-	case <-th.h.Ready():
-	case err := <-th.done:
-		th.t.Fatalf("hub did not start: %v", err)
-	case <-time.After(wait):
-		th.t.Fatal("hub did not start in time")
-	}
+	th.h = hubtest.Start(th.t, cfg)
 	th.tcp, th.web = th.h.Addr().String(), th.h.HTTPAddr().String()
 }
 
 // stop shuts the hub down gracefully and waits for it.
-func (th *testHub) stop() {
-	if th.cancel == nil {
-		return
-	}
-	th.cancel()
-	th.cancel = nil
-	select {
-	case err := <-th.done:
-		if err != nil {
-			th.t.Errorf("hub: %v", err)
-		}
-	case <-time.After(wait):
-		th.t.Error("hub did not stop in time")
-	}
-}
+func (th *testHub) stop() { th.h.Stop() }
 
 func (th *testHub) addr() string { return th.tcp }
 
@@ -184,20 +156,6 @@ func (f *fleet) driver(name string, pickup, deliver time.Duration, token string)
 	cfg := parcel.DriverConfig{ClientConfig: f.th.parcelClient(), Name: name, PickupDelay: pickup, DeliverDelay: deliver}
 	cfg.Options.Token = token
 	f.run("driver "+name, func(ctx context.Context) error { return parcel.RunDriver(ctx, cfg) })
-}
-
-// eventually retries check until it returns nil or the deadline passes.
-func eventually(t *testing.T, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = check(); err == nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
 }
 
 func testLog() *slog.Logger {

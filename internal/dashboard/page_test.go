@@ -12,6 +12,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/caps-hub/caps/internal/chat"
+	"github.com/caps-hub/caps/internal/hubtest"
 )
 
 // TestPageShowsTheSystemLive opens the dashboard of a hub that vendors and
@@ -150,7 +151,7 @@ func (lc *lineChat) say(line string) { _, _ = io.WriteString(lc.in, line+"\n") }
 
 func (lc *lineChat) waitFor(t *testing.T, s string) {
 	t.Helper()
-	eventually(t, "the chat terminal prints "+s, func() error {
+	hubtest.Eventually(t, wait, "the chat terminal prints "+s, func() error {
 		lc.mu.Lock()
 		defer lc.mu.Unlock()
 		if !strings.Contains(lc.out.String(), s) {

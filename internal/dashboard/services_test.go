@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caps-hub/caps/internal/dashboard"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/protocol"
 )
@@ -38,7 +39,7 @@ func TestOrdersFollowTheBucket(t *testing.T) {
 	// Follow the changes from the first cursor, as the page does.
 	seen := map[string]*dashboard.OrderView{}
 	cursor := first.Cursor
-	eventually(t, "admin sees 5 delivered orders", func() error {
+	hubtest.Eventually(t, wait, "admin sees 5 delivered orders", func() error {
 		r, err := request[dashboard.OrdersReply](t, admin, dashboard.ServiceOrders, map[string]any{"cursor": cursor})
 		if err != nil {
 			return err
@@ -142,7 +143,7 @@ func TestPeopleAndLoads(t *testing.T) {
 	// A slow driver holds orders long enough to be seen holding them.
 	f.driver("slowpoke", time.Hour, 0, "")
 	f.vendor("east", 2, 10*time.Millisecond, "")
-	eventually(t, "driver slowpoke holds 2 orders", func() error {
+	hubtest.Eventually(t, wait, "driver slowpoke holds 2 orders", func() error {
 		p, err := request[dashboard.PeopleReply](t, admin, dashboard.ServicePeople, nil)
 		if err != nil {
 			return err
@@ -182,7 +183,7 @@ func TestTraffic(t *testing.T) {
 	if _, err := vendor.Publish(t.Context(), "parcel.pickup.other", []byte(`{}`)); err == nil {
 		t.Fatal("a vendor posted for another store")
 	}
-	eventually(t, "traffic shows messages, latency and the error", func() error {
+	hubtest.Eventually(t, wait, "traffic shows messages, latency and the error", func() error {
 		r, err := request[dashboard.TrafficReply](t, admin, dashboard.ServiceTraffic, map[string]any{"since": 0})
 		if err != nil {
 			return err

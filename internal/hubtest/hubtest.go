@@ -53,36 +53,45 @@ func Start(tb testing.TB, cfg hub.Config) *Hub {
 		cfg.Name = "test"
 	}
 	h := hub.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := h.Start(ctx); err != nil {
 		tb.Fatalf("hub did not start: %v", err)
-	case <-time.After(60 * time.Second):
-		cancel()
-		tb.Fatal("hub did not start in 60s")
 	}
 	var once sync.Once
 	th := &Hub{Hub: h}
 	th.stop = func() {
 		once.Do(func() {
-			cancel()
+			// As Run does: drain for the hub's ShutdownTimeout, then close
+			// what is left (not an error); a hub that does not stop at all is.
+			drain := cfg.ShutdownTimeout
+			if drain <= 0 {
+				drain = 10 * time.Second
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- h.Shutdown(ctx) }()
 			select {
 			case err := <-done:
-				if err != nil {
-					tb.Errorf("hub run: %v", err)
+				if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+					tb.Errorf("hub shutdown: %v", err)
 				}
-			case <-time.After(30 * time.Second):
-				tb.Error("hub did not stop in 30s")
+			case <-time.After(stopTimeout):
+				tb.Errorf("hub did not stop in %s", stopTimeout)
 			}
 		})
 	}
 	tb.Cleanup(th.stop)
 	return th
 }
+
+// How long a test hub may take to start (a loaded machine, a cluster
+// electing its first leader) and to drain when it stops.
+const (
+	startTimeout = 60 * time.Second
+	stopTimeout  = 30 * time.Second
+)
 
 // LeakOptions are the goroutines goleak must not blame on a test: the
 // process-wide ones nats-server and nats.go keep for their lifetime.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 )
 
@@ -86,7 +87,7 @@ func TestClassroomNodeClientsMixWithNative(t *testing.T) {
 	nodeDriver := startNode(t, node, "driver.js", th.addr, "PICKUP_DELAY=300", "DELIVER_DELAY=100")
 	nodeVendor := startNode(t, node, "vendor.js", th.addr, "STORE=node-flowers", "INTERVAL=100", fmt.Sprintf("ORDERS=%d", orders))
 	goVendor := f.vendor(ctx, "go-pizza", orders, 100*time.Millisecond)
-	eventually(t, 30*time.Second, "the Node driver's first delivery", func() bool {
+	hubtest.Until(t, 30*time.Second, "the Node driver's first delivery", func() bool {
 		return nodeDriver.out.count("DRIVER: delivered ") > 0
 	})
 	var drivers []<-chan error

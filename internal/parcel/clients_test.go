@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/protocol"
 )
@@ -48,24 +49,24 @@ func TestLoggerRecordsEverythingAcrossAHubRestart(t *testing.T) {
 	}
 
 	acme := dialAs(t, th, protocol.RoleVendor, "acme")
-	eventually(t, 10*time.Second, "acme's connection event", has("client.connected", `"name":"acme"`))
+	hubtest.Until(t, 10*time.Second, "acme's connection event", has("client.connected", `"name":"acme"`))
 	first := order("acme")
 	if err := publish(acme, parcel.Topic(parcel.EventPickup, "acme"), payload(t, first), ""); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the pickup", has(parcel.EventPickup, first["orderID"].(string)))
+	hubtest.Until(t, 10*time.Second, "the pickup", has(parcel.EventPickup, first["orderID"].(string)))
 	acme.Close()
-	eventually(t, 10*time.Second, "acme's disconnection event", has("client.disconnected", `"name":"acme"`))
+	hubtest.Until(t, 10*time.Second, "acme's disconnection event", has("client.disconnected", `"name":"acme"`))
 
 	th.stop()
-	eventually(t, 10*time.Second, "the logger to notice", has("logger.disconnected", ""))
+	hubtest.Until(t, 10*time.Second, "the logger to notice", has("logger.disconnected", ""))
 	th.start()
-	eventually(t, 20*time.Second, "the logger to come back", has("logger.connected", ""))
+	hubtest.Until(t, 20*time.Second, "the logger to come back", has("logger.connected", ""))
 
 	again := dialAs(t, th, protocol.RoleVendor, "acme")
 	second := order("acme")
 	// The logger's subscription may be a moment behind its connection.
-	eventually(t, 10*time.Second, "a pickup after the restart", func() bool {
+	hubtest.Until(t, 10*time.Second, "a pickup after the restart", func() bool {
 		if !has(parcel.EventPickup, second["orderID"].(string))() {
 			second = order("acme")
 			if err := publish(again, parcel.Topic(parcel.EventPickup, "acme"), payload(t, second), ""); err != nil {

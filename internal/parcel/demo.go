@@ -81,7 +81,58 @@ func demoName(list []string, i int, prefix string) string {
 // prints a summary. The error is nil only when every order was delivered
 // exactly once.
 func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
-	var sum DemoSummary
+	cfg.withDefaults()
+	out := SyncWriter(cfg.Out)
+	start := time.Now()
+	dir, err := os.MkdirTemp("", "caps-demo-")
+	if err != nil {
+		return DemoSummary{}, fmt.Errorf("demo: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	disp := NewDispatcher(Options{})
+	h, err := startDemoHub(ctx, cfg, dir, out, disp)
+	if err != nil {
+		return DemoSummary{}, err
+	}
+	defer stopDemoHub(h)
+	addr := h.Addr().String()
+	fmt.Fprintf(out, "DEMO: hub on %s; %d vendors, %d drivers, %d orders, one every %s per vendor\n",
+		addr, cfg.Vendors, cfg.Drivers, cfg.Orders, cfg.Interval)
+	if ha := h.HTTPAddr(); ha != nil {
+		fmt.Fprintf(out, "DEMO: dashboard at http://%s/\n", ha)
+	}
+
+	run := newDemoRun(ctx, cfg, ClientConfig{Hub: []string{addr}, Out: out, Log: cfg.Log, Timeout: 30 * time.Second})
+	defer run.stop()
+	logPath := cfg.EventLog
+	if logPath == "" {
+		logPath = filepath.Join(dir, "events.jsonl")
+	}
+	if err := run.startListeners(logPath); err != nil {
+		return DemoSummary{}, err
+	}
+	run.runVendors()
+	timedOut := errors.Is(run.ctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
+	run.stop()
+
+	ids, thanks, errs := run.outcome()
+	auditCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	audit, err := disp.Audit(auditCtx, ids)
+	if err != nil {
+		return DemoSummary{}, fmt.Errorf("demo: %w", err)
+	}
+	sum := summarize(ids, thanks, audit)
+	sum.Took = time.Since(start)
+	fmt.Fprintf(out, "DEMO: posted %d, delivered %d, lost %d, duplicates %d\n", sum.Posted, sum.Delivered, sum.Lost, sum.Duplicates)
+	fmt.Fprintf(out, "DEMO: pickup→delivered p50 %s, p99 %s; %d orders in %s\n",
+		sum.P50.Round(time.Millisecond), sum.P99.Round(time.Millisecond), sum.Posted, sum.Took.Round(100*time.Millisecond))
+	return sum, demoVerdict(ctx, cfg, sum, errs, timedOut)
+}
+
+// withDefaults fills in the zero fields.
+func (cfg *DemoConfig) withDefaults() {
 	if cfg.Vendors <= 0 {
 		cfg.Vendors = 2
 	}
@@ -106,171 +157,179 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	perVendor := (cfg.Orders + cfg.Vendors - 1) / cfg.Vendors
 	if cfg.Timeout <= 0 {
+		perVendor := (cfg.Orders + cfg.Vendors - 1) / cfg.Vendors
 		rounds := cfg.Orders/(cfg.Drivers*cfg.Capacity) + 2
 		cfg.Timeout = time.Duration(perVendor)*cfg.Interval + time.Duration(rounds)*(cfg.PickupDelay+cfg.DeliverDelay) + time.Minute
 	}
-	out := SyncWriter(cfg.Out)
-	start := time.Now()
+}
 
-	dir, err := os.MkdirTemp("", "caps-demo-")
-	if err != nil {
-		return sum, fmt.Errorf("demo: %w", err)
-	}
-	defer os.RemoveAll(dir)
-
-	disp := NewDispatcher(Options{})
+// startDemoHub starts the demo's hub on loopback, its engine in dir.
+func startDemoHub(ctx context.Context, cfg DemoConfig, dir string, out io.Writer, disp *Dispatcher) (*hub.Hub, error) {
 	h := hub.New(hub.Config{
 		Addr: "127.0.0.1:0", HTTPAddr: cfg.HTTPAddr, DataDir: dir, Name: "demo",
 		Quiet: !cfg.Events, EventOut: out, Logger: cfg.Log,
 		Apps: append([]hub.App{disp}, cfg.Apps...),
 	})
-	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- h.Run(hubCtx) }()
-	defer func() {
-		stopHub()
-		<-hubDone
-	}()
-	select {
-	case <-h.Ready():
-	case err := <-hubDone:
-		hubDone <- err
-		return sum, fmt.Errorf("demo: hub: %w", err)
-	case <-ctx.Done():
-		return sum, ctx.Err()
-	}
-	addr := h.Addr().String()
-	fmt.Fprintf(out, "DEMO: hub on %s; %d vendors, %d drivers, %d orders, one every %s per vendor\n",
-		addr, cfg.Vendors, cfg.Drivers, cfg.Orders, cfg.Interval)
-	if ha := h.HTTPAddr(); ha != nil {
-		fmt.Fprintf(out, "DEMO: dashboard at http://%s/\n", ha)
-	}
-
-	base := ClientConfig{Hub: []string{addr}, Out: out, Log: cfg.Log, Timeout: 30 * time.Second}
-	runCtx, stopRun := context.WithTimeout(ctx, cfg.Timeout)
-	defer stopRun()
-	clientsCtx, stopClients := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopClients()
-	var clients sync.WaitGroup
-	var mu sync.Mutex
-	var clientErrs []error
-	fail := func(err error) {
-		if err != nil {
-			mu.Lock()
-			clientErrs = append(clientErrs, err)
-			mu.Unlock()
-			stopRun()
+	if err := h.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
+		return nil, fmt.Errorf("demo: hub: %w", err)
 	}
+	return h, nil
+}
 
-	// The logger first, so it sees everything; it also counts deliveries.
-	logPath := cfg.EventLog
-	if logPath == "" {
-		logPath = filepath.Join(dir, "events.jsonl")
+// stopDemoHub shuts the demo's hub down, draining for as long as a hub
+// does by default.
+func stopDemoHub(h *hub.Hub) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = h.Shutdown(ctx)
+}
+
+// demoRun is the demo's clients: a logger and drivers that listen until
+// the end, vendors that post until their orders are delivered.
+type demoRun struct {
+	cfg  DemoConfig
+	base ClientConfig
+	// ctx ends the vendors (the timeout, or the first client that fails);
+	// listeners run until stop.
+	ctx           context.Context
+	cancel        context.CancelFunc
+	listenCtx     context.Context
+	stopListeners context.CancelFunc
+	listeners     sync.WaitGroup
+
+	mu      sync.Mutex
+	errs    []error
+	posted  map[string]time.Time
+	thanked map[string]int
+}
+
+func newDemoRun(ctx context.Context, cfg DemoConfig, base ClientConfig) *demoRun {
+	r := &demoRun{cfg: cfg, base: base, posted: map[string]time.Time{}, thanked: map[string]int{}}
+	r.ctx, r.cancel = context.WithTimeout(ctx, cfg.Timeout)
+	r.listenCtx, r.stopListeners = context.WithCancel(context.WithoutCancel(ctx))
+	return r
+}
+
+// fail records a client's error and stops the vendors.
+func (r *demoRun) fail(err error) {
+	if err != nil {
+		r.mu.Lock()
+		r.errs = append(r.errs, err)
+		r.mu.Unlock()
+		r.cancel()
 	}
+}
+
+// startListeners starts the logger (first, so that it sees everything) and
+// the drivers, and waits until they are subscribed.
+func (r *demoRun) startListeners(logPath string) error {
 	logFile, err := os.Create(logPath)
 	if err != nil {
-		return sum, fmt.Errorf("demo: event log: %w", err)
+		return fmt.Errorf("demo: event log: %w", err)
 	}
-	defer logFile.Close()
-	ready := make(chan struct{}, cfg.Drivers+1)
-	lc := LoggerConfig{ClientConfig: base, Name: "logger"}
+	ready := make(chan struct{}, r.cfg.Drivers+1)
+	lc := LoggerConfig{ClientConfig: r.base, Name: "logger"}
 	lc.Out = logFile
 	lc.OnReady = func() { ready <- struct{}{} }
-	clients.Add(1)
-	go func() { defer clients.Done(); fail(RunLogger(clientsCtx, lc)) }()
-
-	for i := range cfg.Drivers {
+	r.listen(func(ctx context.Context) error {
+		defer logFile.Close()
+		return RunLogger(ctx, lc)
+	})
+	for i := range r.cfg.Drivers {
 		dc := DriverConfig{
-			ClientConfig: base, Name: demoName(demoDrivers, i, "driver"),
-			PickupDelay: cfg.PickupDelay, DeliverDelay: cfg.DeliverDelay, Capacity: cfg.Capacity,
+			ClientConfig: r.base, Name: demoName(demoDrivers, i, "driver"),
+			PickupDelay: r.cfg.PickupDelay, DeliverDelay: r.cfg.DeliverDelay, Capacity: r.cfg.Capacity,
 		}
 		dc.OnReady = func() { ready <- struct{}{} }
-		clients.Add(1)
-		go func() { defer clients.Done(); fail(RunDriver(clientsCtx, dc)) }()
+		r.listen(func(ctx context.Context) error { return RunDriver(ctx, dc) })
 	}
-	for range cfg.Drivers + 1 {
+	for range r.cfg.Drivers + 1 {
 		select {
 		case <-ready:
-		case <-runCtx.Done():
+		case <-r.ctx.Done():
 		}
 	}
+	return nil
+}
 
-	posted := map[string]time.Time{}
-	thanked := map[string]int{}
+func (r *demoRun) listen(fn func(context.Context) error) {
+	r.listeners.Add(1)
+	go func() { defer r.listeners.Done(); r.fail(fn(r.listenCtx)) }()
+}
+
+// runVendors runs the vendors, the orders shared out evenly, until each
+// has had its orders delivered (or the run ends).
+func (r *demoRun) runVendors() {
 	var vendors sync.WaitGroup
-	for i := range cfg.Vendors {
-		n := cfg.Orders / cfg.Vendors
-		if i < cfg.Orders%cfg.Vendors {
+	for i := range r.cfg.Vendors {
+		n := r.cfg.Orders / r.cfg.Vendors
+		if i < r.cfg.Orders%r.cfg.Vendors {
 			n++
 		}
 		if n == 0 {
 			continue
 		}
 		vc := VendorConfig{
-			ClientConfig: base, Store: demoName(demoStores, i, "store"),
-			Interval: cfg.Interval, Orders: n,
+			ClientConfig: r.base, Store: demoName(demoStores, i, "store"),
+			Interval: r.cfg.Interval, Orders: n,
 			OnPosted: func(p Parcel, at time.Time) {
-				mu.Lock()
-				posted[p.OrderID] = at
-				mu.Unlock()
+				r.mu.Lock()
+				r.posted[p.OrderID] = at
+				r.mu.Unlock()
 			},
 			OnThanked: func(id string, _ time.Time) {
-				mu.Lock()
-				thanked[id]++
-				mu.Unlock()
+				r.mu.Lock()
+				r.thanked[id]++
+				r.mu.Unlock()
 			},
 		}
 		vendors.Add(1)
-		go func() { defer vendors.Done(); fail(RunVendor(runCtx, vc)) }()
+		go func() { defer vendors.Done(); r.fail(RunVendor(r.ctx, vc)) }()
 	}
 	vendors.Wait()
-	timedOut := errors.Is(runCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
-	stopClients()
-	clients.Wait()
+}
 
-	mu.Lock()
-	ids := make([]string, 0, len(posted))
-	for id := range posted {
-		ids = append(ids, id)
-	}
-	thanks := maps.Clone(thanked)
-	// Vendors stopped early say so; the summary tells why.
-	var errs []error
-	for _, err := range clientErrs {
+// stop ends every client and waits for them.
+func (r *demoRun) stop() {
+	r.stopListeners()
+	r.listeners.Wait()
+	r.cancel()
+}
+
+// outcome returns the orders posted, the thank-yous and the clients'
+// errors (a vendor stopped early says so; the summary tells why).
+func (r *demoRun) outcome() (ids []string, thanked map[string]int, errs []error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids = slices.Collect(maps.Keys(r.posted))
+	for _, err := range r.errs {
 		if !errors.Is(err, ErrInterrupted) {
 			errs = append(errs, err)
 		}
 	}
-	mu.Unlock()
+	return ids, maps.Clone(r.thanked), errs
+}
 
-	auditCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	audit, err := disp.Audit(auditCtx, ids)
-	if err != nil {
-		return sum, fmt.Errorf("demo: %w", err)
-	}
-	sum = summarize(ids, thanks, audit)
-	sum.Took = time.Since(start)
-
-	fmt.Fprintf(out, "DEMO: posted %d, delivered %d, lost %d, duplicates %d\n", sum.Posted, sum.Delivered, sum.Lost, sum.Duplicates)
-	fmt.Fprintf(out, "DEMO: pickup→delivered p50 %s, p99 %s; %d orders in %s\n",
-		sum.P50.Round(time.Millisecond), sum.P99.Round(time.Millisecond), sum.Posted, sum.Took.Round(100*time.Millisecond))
+// demoVerdict is RunDemo's error: nil only when every order was delivered
+// exactly once.
+func demoVerdict(ctx context.Context, cfg DemoConfig, sum DemoSummary, errs []error, timedOut bool) error {
 	switch {
 	case ctx.Err() != nil:
-		return sum, ctx.Err()
+		return ctx.Err()
 	case len(errs) > 0:
-		return sum, fmt.Errorf("demo: %w", errors.Join(errs...))
+		return fmt.Errorf("demo: %w", errors.Join(errs...))
 	case timedOut:
-		return sum, fmt.Errorf("demo: not finished after %s: %d of %d orders delivered", cfg.Timeout, sum.Delivered, cfg.Orders)
+		return fmt.Errorf("demo: not finished after %s: %d of %d orders delivered", cfg.Timeout, sum.Delivered, cfg.Orders)
 	case sum.Posted < cfg.Orders:
-		return sum, fmt.Errorf("demo: only %d of %d orders were posted", sum.Posted, cfg.Orders)
+		return fmt.Errorf("demo: only %d of %d orders were posted", sum.Posted, cfg.Orders)
 	case !sum.OK():
-		return sum, fmt.Errorf("demo: %d lost, %d duplicates", sum.Lost, sum.Duplicates)
+		return fmt.Errorf("demo: %d lost, %d duplicates", sum.Lost, sum.Duplicates)
 	}
-	return sum, nil
+	return nil
 }
 
 // summarize judges every posted order against what the engine stored: it

@@ -39,7 +39,7 @@ func statusIs(th *testHub, id string, s parcel.Status, driver string) func() boo
 // onlyOrder waits for the fleet's single posted order.
 func onlyOrder(t *testing.T, f *fleet) string {
 	t.Helper()
-	eventually(t, 10*time.Second, "the order to be posted", func() bool { return len(f.postedIDs()) == 1 })
+	hubtest.Until(t, 10*time.Second, "the order to be posted", func() bool { return len(f.postedIDs()) == 1 })
 	return f.postedIDs()[0]
 }
 
@@ -74,7 +74,7 @@ func TestDriverKilledMidOrderHandsItToAnother(t *testing.T) {
 	<-ready
 	vendor := f.vendor(ctx, "acme", 1, time.Millisecond)
 	id := onlyOrder(t, f)
-	eventually(t, 10*time.Second, "alice to hold the order", statusIs(th, id, parcel.StatusAssigned, "alice"))
+	hubtest.Until(t, 10*time.Second, "alice to hold the order", statusIs(th, id, parcel.StatusAssigned, "alice"))
 	k.Cut()
 	killAlice()
 	gone(t, alice, "alice") // killed: whatever she says last does not matter
@@ -112,13 +112,13 @@ func TestPickupNotAcknowledgedInTimeGoesToAnotherDriver(t *testing.T) {
 	<-ready
 	vendor := f.vendor(ctx, "acme", 1, time.Millisecond)
 	id := onlyOrder(t, f)
-	eventually(t, 10*time.Second, "alice to hold the order", statusIs(th, id, parcel.StatusAssigned, "alice"))
+	hubtest.Until(t, 10*time.Second, "alice to hold the order", statusIs(th, id, parcel.StatusAssigned, "alice"))
 	bob := f.driver(ctx, parcel.DriverConfig{Name: "bob", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
 	wait(t, vendor, 20*time.Second, "vendor")
-	eventually(t, 10*time.Second, "the order to be delivered by bob", statusIs(th, id, parcel.StatusDelivered, "bob"))
+	hubtest.Until(t, 10*time.Second, "the order to be delivered by bob", statusIs(th, id, parcel.StatusDelivered, "bob"))
 
 	// Alice wakes up, reports in-transit, is refused and drops the order.
-	eventually(t, 10*time.Second, "alice to try and be refused", func() bool {
+	hubtest.Until(t, 10*time.Second, "alice to try and be refused", func() bool {
 		return aliceLog.count("pickup refused") == 1 && aliceLog.count(parcel.RuleNotHolder) == 1
 	})
 	cancel()
@@ -154,12 +154,12 @@ func TestVendorOfflineDuringDeliveryIsToldOnceOnReturn(t *testing.T) {
 	}
 
 	driver := f.driver(ctx, parcel.DriverConfig{Name: "dave", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
-	eventually(t, 10*time.Second, "the order to be delivered", statusIs(th, id, parcel.StatusDelivered, "dave"))
+	hubtest.Until(t, 10*time.Second, "the order to be delivered", statusIs(th, id, parcel.StatusDelivered, "dave"))
 
 	// Back again: the notification waited for it, and comes exactly once.
 	back := f.vendor(ctx, "acme", 1, time.Millisecond)
 	secondRun := f.vendors["acme"]
-	eventually(t, 10*time.Second, "the missed thank-you", func() bool { return secondRun.count(thankYou("acme", id)) == 1 })
+	hubtest.Until(t, 10*time.Second, "the missed thank-you", func() bool { return secondRun.count(thankYou("acme", id)) == 1 })
 	wait(t, back, 20*time.Second, "the returning vendor")
 
 	// Acknowledged: a later run of the vendor is not told again.
@@ -208,7 +208,7 @@ func TestHubRestartMidRunLosesNothing(t *testing.T) {
 		}
 		return n
 	}
-	eventually(t, 20*time.Second, "some deliveries", func() bool { return thanked() >= 3 })
+	hubtest.Until(t, 20*time.Second, "some deliveries", func() bool { return thanked() >= 3 })
 
 	th.stop()
 	t.Logf("hub stopped after %d deliveries, %d orders posted", thanked(), len(f.postedIDs()))
@@ -248,7 +248,7 @@ func TestDriverRestartDeliversParcelsLeftInTransit(t *testing.T) {
 	firstRun := f.drivers["alice"]
 	vendor := f.vendor(ctx, "acme", 1, time.Millisecond)
 	id := onlyOrder(t, f)
-	eventually(t, 10*time.Second, "alice to have it in transit", func() bool {
+	hubtest.Until(t, 10*time.Second, "alice to have it in transit", func() bool {
 		return statusIs(th, id, parcel.StatusInTransit, "alice")() && firstRun.count("picked up "+id) == 1
 	})
 	k.Cut()

@@ -2,7 +2,6 @@ package parcel_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,81 +13,47 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go and nats-server keep a few process-wide goroutines alive.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-	)
+	goleak.VerifyTestMain(m, hubtest.LeakOptions()...)
 }
 
 // testHub is a hub with the parcel dispatcher, on a real data directory and
 // a real loopback port, that a test may stop and start again.
 type testHub struct {
-	t      *testing.T
-	h      *hub.Hub
-	d      *parcel.Dispatcher
-	dir    string
-	addr   string
-	cancel context.CancelFunc
-	done   chan error
-	mod    func(*hub.Config)
+	t    *testing.T
+	h    *hubtest.Hub
+	d    *parcel.Dispatcher
+	dir  string
+	addr string
+	mod  func(*hub.Config)
 }
 
-// startHub runs a hub until the test ends. addr "" picks a free port.
+// startHub runs a hub until the test ends.
 func startHub(t *testing.T, mod func(*hub.Config)) *testHub {
 	t.Helper()
 	th := &testHub{t: t, dir: t.TempDir(), addr: "127.0.0.1:0", mod: mod}
 	th.start()
-	t.Cleanup(th.stop)
 	return th
 }
 
+// start starts the hub again, on the same data directory and port.
 func (th *testHub) start() {
 	th.t.Helper()
 	th.d = parcel.NewDispatcher(parcel.Options{})
-	cfg := hub.Config{
-		Addr: th.addr, HTTPAddr: "off", DataDir: th.dir, Quiet: true, Name: "test",
-		Logger: quietLog(), Apps: []hub.App{th.d},
-	}
+	cfg := hub.Config{Addr: th.addr, DataDir: th.dir, Logger: quietLog(), Apps: []hub.App{th.d}}
 	if th.mod != nil {
 		th.mod(&cfg)
 	}
-	th.h = hub.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	th.cancel = cancel
-	th.done = make(chan error, 1)
-	go func() { th.done <- th.h.Run(ctx) }()
-	select {
-	case <-th.h.Ready():
-	case err := <-th.done:
-		th.t.Fatalf("hub did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		th.t.Fatal("hub did not start in 30s")
-	}
+	th.h = hubtest.Start(th.t, cfg)
 	th.addr = th.h.Addr().String() // the same port after a restart
 }
 
 // stop shuts the hub down gracefully and waits for it.
-func (th *testHub) stop() {
-	if th.cancel == nil {
-		return
-	}
-	th.cancel()
-	th.cancel = nil
-	select {
-	case err := <-th.done:
-		if err != nil {
-			th.t.Errorf("hub run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		th.t.Error("hub did not stop in 30s")
-	}
-}
+func (th *testHub) stop() { th.h.Stop() }
 
 func (th *testHub) client() parcel.ClientConfig {
 	return parcel.ClientConfig{Hub: []string{th.addr}, Timeout: 20 * time.Second, Log: quietLog()}
@@ -139,18 +104,6 @@ func (c *capture) count(s string) int {
 		}
 	}
 	return n
-}
-
-// eventually waits for cond, failing the test after timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // runner runs client functions in goroutines and collects their results.

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/caps-hub/caps/client"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/protocol"
 )
@@ -220,7 +221,7 @@ func TestRefusedInputChangesNothing(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("alice got no pickup")
 	}
-	eventually(t, 5*time.Second, "alice to hold the order", func() bool {
+	hubtest.Until(t, 5*time.Second, "alice to hold the order", func() bool {
 		o, _, err := th.d.Order(context.Background(), id)
 		return err == nil && o.Status == parcel.StatusAssigned && o.Driver == "alice"
 	})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/chat"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 )
 
@@ -260,7 +261,7 @@ func joinChat(t *testing.T, name, room string, hubs ...string) *chatter {
 // waitEvent waits for an event that matches, describing it as what.
 func (ch *chatter) waitEvent(t *testing.T, what string, match func(chat.Event) bool) {
 	t.Helper()
-	waitFor(t, flowTimeout, ch.c.Name()+" to see "+what, func() bool {
+	hubtest.Until(t, flowTimeout, ch.c.Name()+" to see "+what, func() bool {
 		ch.mu.Lock()
 		defer ch.mu.Unlock()
 		return slices.ContainsFunc(ch.events, match)

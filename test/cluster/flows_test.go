@@ -9,6 +9,7 @@ import (
 
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/internal/chat"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -82,7 +83,7 @@ func flowLive(t *testing.T, r *rig) {
 	}
 	// B's interest reaches A's NATS node over the routes a moment after the
 	// SUB is answered: probe until it has.
-	waitFor(t, flowTimeout, "interest of hub B to reach hub A", func() bool {
+	hubtest.Until(t, flowTimeout, "interest of hub B to reach hub A", func() bool {
 		if _, err := pub.Publish(ctx, "news.cluster", []byte("probe")); err != nil {
 			t.Logf("probe: %v", err)
 		}
@@ -97,7 +98,7 @@ func flowLive(t *testing.T, r *rig) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, flowTimeout, "20 live messages across hubs", func() bool { return got.hasAll(keys) })
+	hubtest.Until(t, flowTimeout, "20 live messages across hubs", func() bool { return got.hasAll(keys) })
 	if d := got.dups(); len(d) > 1 || (len(d) == 1 && d["probe"] == nil) {
 		t.Errorf("live messages delivered twice: %v", d)
 	}
@@ -121,7 +122,7 @@ func flowQueueGroup(t *testing.T, r *rig) {
 	// Wait until both hubs' queue subscriptions are known cluster-wide:
 	// probes from either side reach the group.
 	for i, p := range []*client.Conn{pubA, pubB} {
-		waitFor(t, flowTimeout, "the queue group to be known cluster-wide", func() bool {
+		hubtest.Until(t, flowTimeout, "the queue group to be known cluster-wide", func() bool {
 			k := fmt.Sprintf("probe%d", i)
 			_, _ = p.Publish(ctx, "work.q", []byte(k))
 			time.Sleep(20 * time.Millisecond)
@@ -140,7 +141,7 @@ func flowQueueGroup(t *testing.T, r *rig) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, flowTimeout, "100 queue messages", func() bool { return got.hasAll(keys) })
+	hubtest.Until(t, flowTimeout, "100 queue messages", func() bool { return got.hasAll(keys) })
 	for k, by := range got.dups() {
 		if len(k) > 3 && k[:3] == "job" {
 			t.Errorf("%s delivered to %d members of the group: %v", k, len(by), by)
@@ -191,7 +192,7 @@ func flowDurableOnce(t *testing.T, r *rig) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, flowTimeout, "100 durable jobs processed", func() bool { return got.hasAll(keys) })
+	hubtest.Until(t, flowTimeout, "100 durable jobs processed", func() bool { return got.hasAll(keys) })
 	if d := got.dups(); len(d) > 0 {
 		t.Errorf("jobs processed more than once: %v", d)
 	}
@@ -232,7 +233,7 @@ func flowNodeDies(t *testing.T, r *rig) {
 		stored = append(stored, k)
 	}
 	start := time.Now()
-	waitFor(t, 2*flowTimeout, "every stored job processed after the node died", func() bool { return got.hasAll(stored) })
+	hubtest.Until(t, 2*flowTimeout, "every stored job processed after the node died", func() bool { return got.hasAll(stored) })
 	t.Logf("all %d stored jobs processed %s after the last publish", n, time.Since(start).Round(time.Millisecond))
 	if m := got.missing(stored); len(m) > 0 {
 		t.Fatalf("lost: %v", m)
@@ -247,7 +248,7 @@ func flowNodeDies(t *testing.T, r *rig) {
 	start = time.Now()
 	for _, h := range []*runningHub{r.a, r.b} {
 		js := h.apps.host.JetStream()
-		waitFor(t, 2*flowTimeout, "the JetStream metadata leader, asked through "+h.name, func() bool {
+		hubtest.Until(t, 2*flowTimeout, "the JetStream metadata leader, asked through "+h.name, func() bool {
 			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			_, err := js.AccountInfo(actx)
@@ -293,11 +294,11 @@ func flowHubDies(t *testing.T, r *rig) {
 		}
 		stored = append(stored, k)
 	}
-	waitFor(t, 2*flowTimeout, "every stored job processed through hub B", func() bool { return got.hasAll(stored) })
+	hubtest.Until(t, 2*flowTimeout, "every stored job processed through hub B", func() bool { return got.hasAll(stored) })
 	if worker.Addr() != r.b.Addr() || pub.Addr() != r.b.Addr() {
 		t.Errorf("after hub A stopped: worker on %s, publisher on %s; want both on hub B %s", worker.Addr(), pub.Addr(), r.b.Addr())
 	}
-	waitFor(t, flowTimeout, "dora's chat client to reconnect to hub B", func() bool { return dora.c.Hub() == r.b.Addr() })
+	hubtest.Until(t, flowTimeout, "dora's chat client to reconnect to hub B", func() bool { return dora.c.Hub() == r.b.Addr() })
 	if err := dora.c.Say(ctx, "still here"); err != nil {
 		t.Fatalf("dora after the failover: %v", err)
 	}

@@ -65,11 +65,9 @@ type hubSpec struct {
 // runningHub is a hub started by a test.
 type runningHub struct {
 	*hub.Hub
-	name   string
-	apps   hubApps
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
+	name string
+	apps hubApps
+	once sync.Once
 }
 
 // Addr returns the hub's client address.
@@ -79,14 +77,10 @@ func (h *runningHub) Addr() string { return h.Hub.Addr().String() }
 func (h *runningHub) Stop(t *testing.T) {
 	t.Helper()
 	h.once.Do(func() {
-		h.cancel()
-		select {
-		case err := <-h.done:
-			if err != nil {
-				t.Errorf("hub %s: %v", h.name, err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("hub %s did not stop in 30s", h.name)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := h.Shutdown(ctx); err != nil {
+			t.Errorf("hub %s did not drain in 30s: %v", h.name, err)
 		}
 	})
 }
@@ -96,6 +90,10 @@ func (h *runningHub) Stop(t *testing.T) {
 func startHubs(t *testing.T, specs ...hubSpec) []*runningHub {
 	t.Helper()
 	hs := make([]*runningHub, len(specs))
+	errs := make([]error, len(specs))
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
 	for i, spec := range specs {
 		cfg := spec.cfg
 		cfg.Apps = spec.apps.list
@@ -106,21 +104,16 @@ func startHubs(t *testing.T, specs ...hubSpec) []*runningHub {
 			cfg.HTTPAddr = "off"
 		}
 		cfg.Quiet = true
-		ctx, cancel := context.WithCancel(context.Background())
-		rh := &runningHub{Hub: hub.New(cfg), name: cfg.Name, apps: spec.apps, cancel: cancel, done: make(chan error, 1)}
-		go func() { rh.done <- rh.Run(ctx) }()
+		rh := &runningHub{Hub: hub.New(cfg), name: cfg.Name, apps: spec.apps}
 		hs[i] = rh
 		t.Cleanup(func() { rh.Stop(t) })
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = rh.Start(ctx) }()
 	}
-	deadline := time.After(startTimeout)
-	for _, rh := range hs {
-		select {
-		case <-rh.Ready():
-		case err := <-rh.done:
-			rh.done <- err
-			t.Fatalf("hub %s did not start: %v", rh.name, err)
-		case <-deadline:
-			t.Fatalf("hub %s did not start in %s", rh.name, startTimeout)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("hub %s did not start: %v", hs[i].name, err)
 		}
 	}
 	return hs
@@ -151,18 +144,6 @@ func dial(t *testing.T, name, role string, addrs ...string) *client.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-// waitFor polls cond until it holds, failing the test at the deadline with what.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // freePorts returns n TCP ports free on 127.0.0.1 right now. The NATS route

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caps-hub/caps/internal/hubtest"
 )
 
 // inprocCluster is a NATS cluster of nats-server's server package running
@@ -72,7 +74,7 @@ func startInprocCluster(t *testing.T, n int) *inprocCluster {
 	})
 	start := time.Now()
 	defer func() { t.Logf("NATS cluster of %d ready in %s", n, time.Since(start).Round(time.Millisecond)) }()
-	waitFor(t, startTimeout, "a JetStream meta leader that sees all nodes", func() bool {
+	hubtest.Until(t, startTimeout, "a JetStream meta leader that sees all nodes", func() bool {
 		for _, s := range c.live() {
 			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == n {
 				return true

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caps-hub/caps/internal/hubtest"
 )
 
 // buildNATSServer builds nats-server from the module in go.mod's graph, or
@@ -101,7 +103,7 @@ func startProcessCluster(t *testing.T, bin string, n int) *processCluster {
 			c.dumpLogs(t)
 		}
 	})
-	waitFor(t, startTimeout, "every nats-server to know the JetStream meta leader and all peers", func() bool {
+	hubtest.Until(t, startTimeout, "every nats-server to know the JetStream meta leader and all peers", func() bool {
 		for i := range c.mons {
 			var jsz struct {
 				Meta *struct {
