@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -77,8 +78,9 @@ func Start(tb testing.TB, cfg hub.Config) *Hub {
 				if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 					tb.Errorf("hub shutdown: %v", err)
 				}
-			case <-time.After(stopTimeout):
-				tb.Errorf("hub did not stop in %s", stopTimeout)
+			case <-time.After(drain + stopTimeout):
+				buf := make([]byte, 4<<20)
+				tb.Errorf("hub did not stop in %s; goroutines:\n%s", drain+stopTimeout, buf[:runtime.Stack(buf, true)])
 			}
 		})
 	}
@@ -87,7 +89,8 @@ func Start(tb testing.TB, cfg hub.Config) *Hub {
 }
 
 // How long a test hub may take to start (a loaded machine, a cluster
-// electing its first leader) and to drain when it stops.
+// electing its first leader), and to stop once its sessions are drained or
+// closed.
 const (
 	startTimeout = 60 * time.Second
 	stopTimeout  = 30 * time.Second
