@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -111,3 +112,30 @@ func (x *Host) JetStream() jetstream.JetStream { return x.h.eng.JS }
 // subscriptions between the hubs of a cluster on subjects of an app's own
 // (outside Subject's prefix, so no client can reach them).
 func (x *Host) NATS() *nats.Conn { return x.h.eng.NC }
+
+// EnsureStream creates (idempotently) a stream of an app's own from a full
+// JetStream configuration, for what StreamSpec does not offer (a
+// work-queue retention, per-subject discard). Its subjects must lie outside
+// the CAPS topic space (not under Subject's prefix), so that no client can
+// reach them; streams of topics are AddStream's. The replica count is the
+// hub's, as for AddStream.
+func (x *Host) EnsureStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	for _, subj := range cfg.Subjects {
+		if strings.HasPrefix(subj, engine.SubjectPrefix) {
+			return nil, fmt.Errorf("stream %s: subject %q is a CAPS topic; declare topics with AddStream", cfg.Name, subj)
+		}
+	}
+	return x.h.eng.EnsureStreamConfig(ctx, cfg)
+}
+
+// Store stores m (a subject of a stream, with any JetStream headers: a
+// message id, expectations) and returns the engine's acknowledgement, the
+// way the hub stores its clients' publishes: within storeTimeout, and a
+// message with an id (Nats-Msg-Id) is sent again when an attempt gets no
+// answer (a NATS failover), which the stream's de-duplication makes safe.
+// No permission or hook applies; for a topic, Subject(topic) is its subject.
+func (x *Host) Store(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	return x.h.eng.PublishStored(ctx, m)
+}
