@@ -268,7 +268,7 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 	// was pointed elsewhere behind this hub's back: leave it to whoever
 	// subscribed to it.
 	if !protocol.Match([]byte(g.pattern), topic) {
-		_ = msg.NakWithDelay(time.Second)
+		_ = msg.NakWithDelay(refusedRedelivery)
 		return
 	}
 
@@ -294,7 +294,7 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 			if len(tried) > 0 && len(tried) >= len(g.members) {
 				// Every member refused it (deliver hooks): let the ack wait bring it back.
 				g.mu.Unlock()
-				_ = msg.NakWithDelay(time.Second)
+				_ = msg.NakWithDelay(refusedRedelivery)
 				return
 			}
 			g.cond.Wait()

@@ -26,11 +26,6 @@ import (
 // balancer or a monitor can see a hub whose clients have filled it.
 const healthHeadroom = 16
 
-// headroomHold is how long a headroom connection may stay open: one
-// request's worth (as long as a request header may take), so a client
-// cannot keep the headroom for itself.
-const headroomHold = 5 * time.Second
-
 // healthPath reports whether a request may be served on a headroom connection.
 func healthPath(p string) bool { return p == "/healthz" || p == "/readyz" || p == "/metrics" }
 

@@ -150,9 +150,6 @@ func (c *streamCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.maxAge
 }
 
-// streamScrapeTimeout bounds the engine request a scrape makes.
-const streamScrapeTimeout = 2 * time.Second
-
 func (c *streamCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.h.eng == nil || !c.h.EngineReady() {
 		return

@@ -83,8 +83,24 @@ const (
 	// descriptors): back off instead of spinning.
 	acceptBackoffMax = time.Second
 
-	// httpReadHeaderTimeout bounds reading an HTTP request's headers.
-	httpReadHeaderTimeout = 10 * time.Second
+	// httpReadHeaderTimeout bounds reading an HTTP request's headers (the
+	// whole request has Config.HTTPRequestTimeout).
+	httpReadHeaderTimeout = 5 * time.Second
+
+	// headroomHold is how long a connection over the HTTP port's limits,
+	// let in for one health check, may stay open: one request's worth (as
+	// long as a request header may take), so that a client cannot keep the
+	// headroom for itself.
+	headroomHold = httpReadHeaderTimeout
+
+	// streamScrapeTimeout bounds the engine request a /metrics scrape makes
+	// for the streams' sizes.
+	streamScrapeTimeout = 2 * time.Second
+
+	// refusedRedelivery is how long a durable message nobody may take now
+	// (every member refused it, or it is outside the group's pattern) waits
+	// before the engine offers it again.
+	refusedRedelivery = time.Second
 )
 
 // Pacing of the classroom dialect (hub/classroom_codec.go).
