@@ -24,7 +24,7 @@ import (
 //	go test ./hub -run XXX -bench StoredPublish -benchtime 3s
 func BenchmarkStoredPublish(b *testing.B) {
 	for _, sync := range []bool{true, false} {
-		for _, conns := range []int{1, 16} {
+		for _, conns := range []int{1, 16, 64} {
 			name := fmt.Sprintf("sync=%s/conns=%d", map[bool]string{true: "always", false: "interval"}[sync], conns)
 			b.Run(name, func(b *testing.B) { benchStoredPublish(b, sync, conns) })
 		}

@@ -263,6 +263,12 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 	topic := []byte(engine.Topic(msg.Subject()))
 	payload := msg.Data()
 	h := g.d.h
+	// Hand out only what is on disk: with group sync the engine syncs after
+	// storing (a round always ends: it syncs or fails).
+	if err := h.eng.WaitDurable(context.Background(), meta.Timestamp); err != nil {
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
 	// Never hand a member a message outside the pattern it subscribed to
 	// (the one its permissions were checked against), even if the consumer
 	// was pointed elsewhere behind this hub's back: leave it to whoever

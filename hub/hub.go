@@ -204,6 +204,10 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		Name:       h.cfg.Name,
 		Replicas:   h.cfg.Replicas,
 		SyncAlways: *h.cfg.SyncAlways,
+		// Concurrent stored publishes share syncs to disk (group sync);
+		// the engine uses it where it can (embedded, unclustered, Linux).
+		GroupSync: true,
+		OnSync:    h.metrics.syncs.observe,
 		Cluster: engine.ClusterConfig{
 			Name: h.cfg.EngineCluster.Name, Listen: h.cfg.EngineCluster.Listen,
 			Routes: h.cfg.EngineCluster.Routes, Client: h.cfg.EngineCluster.Client,

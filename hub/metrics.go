@@ -41,6 +41,7 @@ type Metrics struct {
 	// streams): served at /metrics, not gathered by Host.Gatherer, which
 	// the dashboard reads every second.
 	scrapeOnly *prometheus.Registry
+	syncs      *syncMetrics
 }
 
 func newMetrics() *Metrics {
@@ -87,6 +88,7 @@ func newMetrics() *Metrics {
 		}),
 	}
 	m.publishedLive, m.publishedStored = m.publishes.WithLabelValues("live"), m.publishes.WithLabelValues("stored")
+	m.syncs = registerSyncMetrics(r)
 	r.MustRegister(m.conns, m.framesIn, m.framesOut, m.bytesIn, m.bytesOut, m.deliveries, m.errors, m.slowConsumers,
 		m.tlsErrors, m.publishes, m.storeLatency, m.deliveryLatency, m.httpConns, m.httpRefused, m.expiredSessions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

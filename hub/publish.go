@@ -81,9 +81,11 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 		ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		defer cancel()
 		start := time.Now()
-		// PublishStored repeats a keyed publish whose answer was lost (NATS
+		// Store answers once the message is durable, sharing syncs to disk
+		// between concurrent publishes (group sync), and, like
+		// PublishStored, repeats a keyed publish whose answer was lost (NATS
 		// node failover); de-duplication by the key makes that safe.
-		ack, err := h.eng.PublishStored(ctx, m)
+		ack, err := h.eng.Store(ctx, m)
 		if err != nil {
 			return 0, storeError(topic, err)
 		}
@@ -171,6 +173,15 @@ func (h *Hub) sendHistory(ctx context.Context, s *Session, pattern string, n int
 			break
 		}
 		read += got
+	}
+	if len(ring) > 0 {
+		// Replay only what is on disk (group sync): the newest message
+		// decides for all of them.
+		if meta, err := ring[len(ring)-1].Metadata(); err == nil {
+			if err := h.eng.WaitDurable(ctx, meta.Timestamp); err != nil {
+				return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
+			}
+		}
 	}
 	for _, m := range ring {
 		meta, _ := m.Metadata()

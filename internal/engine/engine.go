@@ -51,6 +51,17 @@ type Config struct {
 	SyncAlways   bool
 	SyncInterval time.Duration
 
+	// GroupSync keeps SyncAlways's promise for an embedded, unclustered
+	// engine on Linux by sharing syncs: the server writes without fsync, and
+	// Store answers once a sync of the data directory's file system that
+	// started after the write has finished (store_sync.go). Elsewhere, or
+	// without SyncAlways, it changes nothing.
+	GroupSync bool
+	// OnSync, if set, is told of every sync round (metrics).
+	OnSync func(SyncInfo)
+	// syncFS replaces the group sync's syncfs (tests).
+	syncFS func() error
+
 	// Cluster makes the embedded server a member of a NATS cluster, so a
 	// multi-machine deployment needs only the caps binary.
 	Cluster ClusterConfig
@@ -93,6 +104,10 @@ type Engine struct {
 	// network partition is the minority, or most servers are down).
 	jsOK        atomic.Bool
 	stopMonitor context.CancelFunc
+	// sync makes stored publishes durable when the server does not fsync
+	// them itself (GroupSync); nil otherwise.
+	sync        *groupSync
+	closeSync   func() error
 	monitorDone chan struct{}
 
 	srv    *server.Server // nil when external
@@ -135,12 +150,24 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("engine reconnected", "url", nc.ConnectedUrlRedacted()) }),
 	}
 	var urls string
+	groupSync := cfg.URLs == "" && cfg.GroupSync && cfg.SyncAlways && !cfg.Cluster.enabled() && groupSyncSupported
 	if cfg.URLs == "" {
-		srv, err := startEmbedded(cfg, log)
+		serverSyncs := cfg.SyncAlways && !groupSync
+		srv, err := startEmbedded(cfg, serverSyncs, log)
 		if err != nil {
 			return nil, err
 		}
 		e.srv = srv
+		if groupSync {
+			syncFS, closeFn := cfg.syncFS, func() error { return nil }
+			if syncFS == nil {
+				if syncFS, closeFn, err = dirSyncer(cfg.DataDir); err != nil {
+					e.shutdownServer()
+					return nil, err
+				}
+			}
+			e.sync, e.closeSync = newGroupSync(syncFS, cfg.OnSync), closeFn
+		}
 		e.routes = cfg.Cluster.Routes
 		opts = append(opts, nats.InProcessServer(srv))
 	} else {
@@ -150,7 +177,7 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	nc, err := nats.Connect(urls, opts...)
 	if err != nil {
-		e.shutdownServer()
+		e.Close()
 		return nil, fmt.Errorf("connect to engine %s: %w", redact(urls), err)
 	}
 	e.NC = nc
@@ -182,11 +209,13 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 	e.stopMonitor = stop
 	e.monitorDone = make(chan struct{})
 	go e.monitor(monCtx, cfg.HealthInterval)
-	log.Info("engine ready", "embedded", e.Embedded(), "replicas", e.Replicas)
+	log.Info("engine ready", "embedded", e.Embedded(), "replicas", e.Replicas, "group_sync", e.sync != nil)
 	return e, nil
 }
 
-func startEmbedded(cfg Config, log *slog.Logger) (*server.Server, error) {
+// startEmbedded starts the embedded server; syncAlways: it fsyncs every
+// write itself (else the engine's group sync or the sync interval does).
+func startEmbedded(cfg Config, syncAlways bool, log *slog.Logger) (*server.Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("embedded engine needs a data directory")
 	}
@@ -201,7 +230,7 @@ func startEmbedded(cfg Config, log *slog.Logger) (*server.Server, error) {
 		DontListen:         !cfg.Cluster.enabled(),
 		NoSigs:             true,
 		NoLog:              true,
-		SyncAlways:         cfg.SyncAlways,
+		SyncAlways:         syncAlways,
 		SyncInterval:       cfg.SyncInterval,
 		JetStreamMaxMemory: 256 << 20,
 		MaxPayload:         8 << 20,
@@ -481,7 +510,8 @@ func (e *Engine) Ready() bool { return e.NC != nil && e.NC.IsConnected() }
 // leader. Connected (Ready) but not available means stored publishes fail.
 func (e *Engine) JetStreamAvailable() bool { return e.Ready() && e.jsOK.Load() }
 
-// Close drains the connection and stops the embedded server.
+// Close drains the connection and stops the embedded server. Stores in
+// flight are answered (after a last sync); later ones fail.
 func (e *Engine) Close() {
 	if e.stopMonitor != nil {
 		e.stopMonitor()
@@ -497,7 +527,18 @@ func (e *Engine) Close() {
 		}
 		e.NC.Close()
 	}
+	if e.sync != nil {
+		e.sync.close()
+	}
 	e.shutdownServer()
+	if e.closeSync != nil {
+		// What the server wrote as it stopped (its state files), on disk too.
+		if err := e.sync.syncFS(); err != nil {
+			e.log.Warn("engine: sync to disk at close failed", "err", err)
+		}
+		_ = e.closeSync()
+		e.closeSync = nil
+	}
 }
 
 func (e *Engine) shutdownServer() {

@@ -268,6 +268,11 @@ func TestDriverRestartDeliversParcelsLeftInTransit(t *testing.T) {
 	if firstRun.count("picked up "+id) != 1 || firstRun.count("delivered "+id) != 0 {
 		t.Errorf("alice's first run printed %q", firstRun.Lines())
 	}
+	// The vendor may hear of the delivery before alice hears her OK: both
+	// follow the store, in either order.
+	hubtest.Until(t, 10*time.Second, "alice's second run to report the delivery", func() bool {
+		return secondRun.count("delivered "+id) == 1
+	})
 	if secondRun.count("delivered "+id) != 1 || secondRun.count("picked up "+id) != 0 {
 		t.Errorf("alice's second run printed %q", secondRun.Lines())
 	}
