@@ -161,7 +161,9 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 		if groupSync {
 			syncFS, closeFn := cfg.syncFS, func() error { return nil }
 			if syncFS == nil {
-				if syncFS, closeFn, err = dirSyncer(cfg.DataDir); err != nil {
+				// The store directory, not the data directory: it is where
+				// everything the server writes lives, should it be a mount.
+				if syncFS, closeFn, err = dirSyncer(filepath.Join(cfg.DataDir, "jetstream")); err != nil {
 					e.shutdownServer()
 					return nil, err
 				}

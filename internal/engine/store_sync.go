@@ -83,6 +83,20 @@ func IsWrongLastSequence(err error) bool {
 // one's sequence (which is durable, too, when Store returns). Like
 // PublishStored, Store sends a keyed message again when an answer is lost.
 func (e *Engine) Store(ctx context.Context, m *nats.Msg, opts ...StoreOption) (*jetstream.PubAck, error) {
+	if len(opts) > 0 {
+		applyStoreOpts(m, opts) // apart: its options escape, and most stores have none
+	}
+	ack, err := e.PublishStored(ctx, m)
+	if err != nil || e.sync == nil {
+		return ack, err
+	}
+	if err := e.sync.wait(ctx); err != nil {
+		return nil, fmt.Errorf("store on %s: %w", m.Subject, err)
+	}
+	return ack, nil
+}
+
+func applyStoreOpts(m *nats.Msg, opts []StoreOption) {
 	var o storeOpts
 	for _, opt := range opts {
 		opt(&o)
@@ -96,14 +110,6 @@ func (e *Engine) Store(ctx context.Context, m *nats.Msg, opts ...StoreOption) (*
 			m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, o.filter)
 		}
 	}
-	ack, err := e.PublishStored(ctx, m)
-	if err != nil || e.sync == nil {
-		return ack, err
-	}
-	if err := e.sync.wait(ctx); err != nil {
-		return nil, fmt.Errorf("store on %s: %w", m.Subject, err)
-	}
-	return ack, nil
 }
 
 // Sync returns once everything the engine acknowledged before the call is
