@@ -340,6 +340,10 @@ func (s *Service) updateStore(ctx context.Context, store string, fn func(*storeR
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			continue // another hub wrote in between: read again
 		}
+		if err == nil {
+			// On disk before the caller is told (the engine's group sync).
+			err = s.eng.Sync(ctx)
+		}
 		if err != nil {
 			return sr, unavailable("store the endpoints", err)
 		}

@@ -209,7 +209,8 @@ func (s *Service) queue(ctx context.Context, store string, r *endpointRecord, ev
 	m.Header.Set(hdrEventType, ev.Type)
 	m.Data = body
 	for range 3 {
-		_, err := s.eng.PublishStored(ctx, m)
+		// Store: the task is on disk before the source event is acknowledged.
+		_, err := s.eng.Store(ctx, m)
 		switch {
 		case err == nil:
 			return nil
