@@ -130,12 +130,31 @@ func (x *Host) EnsureStream(ctx context.Context, cfg jetstream.StreamConfig) (je
 
 // Store stores m (a subject of a stream, with any JetStream headers: a
 // message id, expectations) and returns the engine's acknowledgement, the
-// way the hub stores its clients' publishes: within storeTimeout, and a
-// message with an id (Nats-Msg-Id) is sent again when an attempt gets no
-// answer (a NATS failover), which the stream's de-duplication makes safe.
-// No permission or hook applies; for a topic, Subject(topic) is its subject.
+// way the hub stores its clients' publishes: within storeTimeout, once m is
+// as durable as --sync-always says (on disk; concurrent stores share a sync,
+// docs/ARCHITECTURE.md), and a message with an id (Nats-Msg-Id) is sent
+// again when an attempt gets no answer (a NATS failover), which the stream's
+// de-duplication makes safe. No permission or hook applies; for a topic,
+// Subject(topic) is its subject.
 func (x *Host) Store(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	return x.h.eng.PublishStored(ctx, m)
+	return x.h.eng.Store(ctx, m)
+}
+
+// Sync returns once everything the engine acknowledged before the call is
+// on disk. An app that writes through JetStream or a bucket directly (not
+// Store) calls it before it promises a client that the write is kept: with
+// the embedded engine's group sync, nats-server does not fsync each write
+// itself. It returns at once where the server syncs every write, or
+// replication is the durability.
+func (x *Host) Sync(ctx context.Context) error { return x.h.eng.Sync(ctx) }
+
+// WaitDurable returns once a message a stream stored at stored (its
+// JetStream timestamp, jetstream.MsgMetadata.Timestamp) is on disk. An app
+// that hands stored messages to clients from consumers or direct gets of
+// its own calls it first, as the hub does for durable subscriptions and
+// history: usually at once, else after the next sync (milliseconds).
+func (x *Host) WaitDurable(ctx context.Context, stored time.Time) error {
+	return x.h.eng.WaitDurable(ctx, stored)
 }

@@ -1,9 +1,12 @@
 package hub_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/hubtest"
@@ -104,4 +107,41 @@ func histogramSum(t *testing.T, h *hub.Hub, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// hostApp keeps its Host, for tests of the app API.
+type hostApp struct{ host chan *hub.Host }
+
+func (a hostApp) Setup(ctx context.Context, x *hub.Host) error {
+	if err := x.AddStream(ctx, hub.StreamSpec{Name: "APP_STORE", Topics: []string{"app.>"}}); err != nil {
+		return err
+	}
+	a.host <- x
+	return nil
+}
+
+// An app's Host.Store waits for the group sync like a client's publish, and
+// Host.Sync and Host.WaitDurable answer.
+func TestHostStoreIsSynced(t *testing.T) {
+	app := hostApp{host: make(chan *hub.Host, 1)}
+	h := startHub(t, func(c *hub.Config) { c.Apps = append(c.Apps, app) })
+	x := <-app.host
+	ctx := context.Background()
+	before := histogramSum(t, h, "caps_store_sync_publishes")
+	m := nats.NewMsg(hub.Subject("app.x"))
+	m.Header.Set(nats.MsgIdHdr, "app-1")
+	m.Data = []byte("kept")
+	ack, err := x.Store(ctx, m)
+	if err != nil || ack.Sequence == 0 {
+		t.Fatalf("Host.Store: %+v, %v", ack, err)
+	}
+	if after := histogramSum(t, h, "caps_store_sync_publishes"); after != before+1 {
+		t.Fatalf("%v stores waited for a sync, want %v", after, before+1)
+	}
+	if err := x.Sync(ctx); err != nil {
+		t.Fatalf("Host.Sync: %v", err)
+	}
+	if err := x.WaitDurable(ctx, time.Now()); err != nil {
+		t.Fatalf("Host.WaitDurable: %v", err)
+	}
 }
