@@ -32,7 +32,7 @@ not a terminal (or with --plain) it runs in line mode for scripts: each input
 line is sent, and each message is printed as "[room] name: text".
 
 Commands:
-` + chat.HelpText,
+` + chat.Help(),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logger(cmd)

@@ -2,21 +2,62 @@ package chat
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
-// HelpText lists the commands, one per line.
-const HelpText = `/join ROOM        join ROOM (or switch to it) and talk there
-/leave [ROOM]     leave ROOM (default: the current room)
-/rooms            list rooms with how many people are in each
-/who [ROOM]       list who is in ROOM (default: the current room)
-/nick NAME        change your name
-/msg NAME TEXT    send TEXT to NAME only
-/me ACTION        describe what you do: * you ACTION
-/quit             leave the chat (so does end of input)
-/help             this list
-//TEXT            send TEXT starting with a slash`
+// A command is one of the slash commands a chat user types. The table
+// below is what Handle runs and what /help lists.
+type command struct {
+	names []string // the first is the name /help shows; the others are aliases
+	usage string   // as /help shows it
+	help  string
+	run   func(ctx context.Context, c *Client, a commandArgs) error
+}
+
+// commandArgs are what follows a command: rest, all of it; arg, its first
+// word; more, what follows that word.
+type commandArgs struct{ rest, arg, more string }
+
+// errQuit is a command's way of saying the user asked to leave.
+var errQuit = errors.New("quit")
+
+func commands() []command {
+	return []command{
+		{[]string{"join", "j"}, "/join ROOM", "join ROOM (or switch to it) and talk there", cmdJoin},
+		{[]string{"leave", "part"}, "/leave [ROOM]", "leave ROOM (default: the current room)", cmdLeave},
+		{[]string{"rooms", "list"}, "/rooms", "list rooms with how many people are in each", cmdRooms},
+		{[]string{"who", "names"}, "/who [ROOM]", "list who is in ROOM (default: the current room)", cmdWho},
+		{[]string{"nick"}, "/nick NAME", "change your name", cmdNick},
+		{[]string{"msg", "m", "tell"}, "/msg NAME TEXT", "send TEXT to NAME only", cmdMsg},
+		{[]string{"me"}, "/me ACTION", "describe what you do: * you ACTION", cmdMe},
+		{[]string{"quit", "exit", "q"}, "/quit", "leave the chat (so does end of input)", func(context.Context, *Client, commandArgs) error { return errQuit }},
+		{[]string{"help", "h", "?"}, "/help", "this list", func(_ context.Context, c *Client, _ commandArgs) error { c.info("%s", Help()); return nil }},
+	}
+}
+
+// Help lists the commands, one per line, from the table Handle runs.
+func Help() string {
+	var b strings.Builder
+	for _, cmd := range commands() {
+		fmt.Fprintf(&b, "%-18s%s\n", cmd.usage, cmd.help)
+	}
+	fmt.Fprintf(&b, "%-18s%s", "//TEXT", "send TEXT starting with a slash")
+	return b.String()
+}
+
+// lookup finds the command named name (case-insensitive), by any of its names.
+func lookup(name string) (command, bool) {
+	name = strings.ToLower(name)
+	for _, cmd := range commands() {
+		if slices.Contains(cmd.names, name) {
+			return cmd, true
+		}
+	}
+	return command{}, false
+}
 
 // Handle runs one line typed by the user: a command, or text for the
 // current room. What it has to say comes out of Events. It reports whether
@@ -35,82 +76,101 @@ func (c *Client) Handle(ctx context.Context, line string) (quit bool) {
 		}
 		return false
 	}
-	cmd, rest, _ := strings.Cut(line[1:], " ")
-	rest = strings.TrimSpace(rest)
-	arg, more, _ := strings.Cut(rest, " ")
-	more = strings.TrimSpace(more)
-	var err error
-	switch strings.ToLower(cmd) {
-	case "quit", "exit", "q":
+	name, rest, _ := strings.Cut(line[1:], " ")
+	cmd, ok := lookup(name)
+	if !ok {
+		c.fail(fmt.Errorf("unknown command /%s; /help lists them", name))
+		return false
+	}
+	var a commandArgs
+	a.rest = strings.TrimSpace(rest)
+	a.arg, a.more, _ = strings.Cut(a.rest, " ")
+	a.more = strings.TrimSpace(a.more)
+	err := cmd.run(ctx, c, a)
+	if errors.Is(err, errQuit) {
 		return true
-	case "help", "h", "?":
-		c.info("%s", HelpText)
-	case "join", "j":
-		if arg == "" {
-			err = fmt.Errorf("usage: /join ROOM")
-			break
-		}
-		already := false
-		for _, r := range c.Rooms() {
-			already = already || r == arg
-		}
-		if err = c.Join(ctx, arg); err == nil && already {
-			c.info("now talking in %s", arg)
-		}
-	case "leave", "part":
-		room := arg
-		if room == "" {
-			room = c.Current()
-		}
-		if room == "" {
-			err = fmt.Errorf("you are in no room")
-			break
-		}
-		if err = c.Leave(room); err == nil {
-			if cur := c.Current(); cur != "" {
-				c.info("left %s; now talking in %s", room, cur)
-			} else {
-				c.info("left %s; /join ROOM to talk again", room)
-			}
-		}
-	case "rooms", "list":
-		var reply RoomsReply
-		if reply, err = c.ListRooms(ctx); err == nil {
-			c.info("%s", formatRooms(reply))
-		}
-	case "who", "names":
-		var reply WhoReply
-		if reply, err = c.Who(ctx, arg); err == nil {
-			c.info("%s", formatWho(reply))
-		}
-	case "nick":
-		if arg == "" || more != "" {
-			err = fmt.Errorf("usage: /nick NAME")
-			break
-		}
-		old := c.Name()
-		if err = c.Nick(ctx, arg); err == nil && old != arg {
-			c.info("you are now %s", arg)
-		}
-	case "msg", "m", "tell":
-		if arg == "" || more == "" {
-			err = fmt.Errorf("usage: /msg NAME TEXT")
-			break
-		}
-		err = c.Private(ctx, arg, more)
-	case "me":
-		if rest == "" {
-			err = fmt.Errorf("usage: /me ACTION")
-			break
-		}
-		err = c.Me(ctx, rest)
-	default:
-		err = fmt.Errorf("unknown command /%s; /help lists them", cmd)
 	}
 	if err != nil {
 		c.fail(err)
 	}
 	return false
+}
+
+func cmdJoin(ctx context.Context, c *Client, a commandArgs) error {
+	if a.arg == "" {
+		return fmt.Errorf("usage: /join ROOM")
+	}
+	already := slices.Contains(c.Rooms(), a.arg)
+	if err := c.Join(ctx, a.arg); err != nil {
+		return err
+	}
+	if already {
+		c.info("now talking in %s", a.arg)
+	}
+	return nil
+}
+
+func cmdLeave(_ context.Context, c *Client, a commandArgs) error {
+	room := a.arg
+	if room == "" {
+		room = c.Current()
+	}
+	if room == "" {
+		return fmt.Errorf("you are in no room")
+	}
+	if err := c.Leave(room); err != nil {
+		return err
+	}
+	if cur := c.Current(); cur != "" {
+		c.info("left %s; now talking in %s", room, cur)
+	} else {
+		c.info("left %s; /join ROOM to talk again", room)
+	}
+	return nil
+}
+
+func cmdRooms(ctx context.Context, c *Client, _ commandArgs) error {
+	reply, err := c.ListRooms(ctx)
+	if err == nil {
+		c.info("%s", formatRooms(reply))
+	}
+	return err
+}
+
+func cmdWho(ctx context.Context, c *Client, a commandArgs) error {
+	reply, err := c.Who(ctx, a.arg)
+	if err == nil {
+		c.info("%s", formatWho(reply))
+	}
+	return err
+}
+
+func cmdNick(ctx context.Context, c *Client, a commandArgs) error {
+	if a.arg == "" || a.more != "" {
+		return fmt.Errorf("usage: /nick NAME")
+	}
+	old := c.Name()
+	if err := c.Nick(ctx, a.arg); err != nil {
+		return err
+	}
+	if old != a.arg {
+		c.info("you are now %s", a.arg)
+	}
+	return nil
+}
+
+func cmdMsg(ctx context.Context, c *Client, a commandArgs) error {
+	if a.arg == "" || a.more == "" {
+		return fmt.Errorf("usage: /msg NAME TEXT")
+	}
+	return c.Private(ctx, a.arg, a.more)
+}
+
+func cmdMe(ctx context.Context, c *Client, a commandArgs) error {
+	if a.rest == "" {
+		return fmt.Errorf("usage: /me ACTION")
+	}
+	return c.Me(ctx, a.rest)
 }
 
 func formatRooms(r RoomsReply) string {
