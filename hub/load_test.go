@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -71,9 +72,50 @@ func TestLoad(t *testing.T) {
 		c.ShutdownTimeout = 30 * time.Second
 	})
 	addr := h.Addr().String()
-
-	// Connect, handshake and subscribe, 50 at a time.
 	start := time.Now()
+	conns := connectLoad(t, addr, n)
+	t.Logf("%d connections set up in %v", n, time.Since(start))
+	stopReaders := readLoad(conns)
+	defer stopReaders()
+	waitMetric(t, h, n, "caps_connections", "role", "client")
+
+	tm := startTroublemakers(t, addr)
+	const broadcasts = 10
+	t.Run("every connection gets every message meant for it", func(t *testing.T) {
+		publishLoad(t, addr, n, broadcasts)
+		t.Logf("published and acknowledged at %v", time.Since(start))
+		waitDelivered(t, conns, broadcasts)
+		t.Logf("all delivered at %v", time.Since(start))
+	})
+	t.Run("the client that never reads alone is cut off", func(t *testing.T) {
+		// Once its backlog passed the limit (the flood keeps coming until then).
+		hubtest.Until(t, 60*time.Second, fmt.Sprintf("the client that never reads to be cut off (%d flood messages)", tm.flooded.Load()),
+			func() bool { return metric(t, h, "caps_slow_consumers_total") > 0 })
+		tm.stop()
+		t.Logf("troublemakers done at %v", time.Since(start))
+		if got := metric(t, h, "caps_slow_consumers_total"); got != 1 {
+			t.Fatalf("%v slow consumers, want only the one that never reads", got)
+		}
+	})
+	t.Run("every other connection is still there", func(t *testing.T) {
+		for i, lc := range conns {
+			if why := lc.failed.Load(); why != nil {
+				t.Fatalf("connection %d: %s", i, *why)
+			}
+		}
+		if got := metric(t, h, "caps_connections", "role", "client"); got < n {
+			t.Fatalf("%v clients connected at the end, want at least %d", got, n)
+		}
+	})
+	tm.stop()
+	t.Logf("%d connections; %d flood messages of 16 KiB; %v bad frames, %v handshake errors",
+		n, tm.flooded.Load(), metric(t, h, "caps_errors_total", "code", protocol.CodeBadFrame),
+		metric(t, h, "caps_errors_total", "code", protocol.CodeHandshake))
+}
+
+// connectLoad connects, handshakes and subscribes n connections, 50 at a time.
+func connectLoad(t *testing.T, addr string, n int) []*loadConn {
+	t.Helper()
 	conns := make([]*loadConn, n)
 	var setup sync.WaitGroup
 	sem := make(chan struct{}, 50)
@@ -93,7 +135,6 @@ func TestLoad(t *testing.T) {
 		}()
 	}
 	setup.Wait()
-	t.Logf("%d connections set up in %v", n, time.Since(start))
 	if e := setupErr.Load(); e != nil {
 		for _, lc := range conns {
 			if lc != nil {
@@ -102,6 +143,12 @@ func TestLoad(t *testing.T) {
 		}
 		t.Fatalf("setup: %v", *e)
 	}
+	return conns
+}
+
+// readLoad reads every connection, counting its messages; stop closes them
+// and waits for the readers.
+func readLoad(conns []*loadConn) (stop func()) {
 	var readers sync.WaitGroup
 	var done atomic.Bool
 	for _, lc := range conns {
@@ -129,22 +176,41 @@ func TestLoad(t *testing.T) {
 			}
 		}()
 	}
-	defer func() {
+	return func() {
 		done.Store(true)
 		for _, lc := range conns {
 			lc.c.Close()
 		}
 		readers.Wait()
-	}()
-	waitMetric(t, h, n, "caps_connections", "role", "client")
+	}
+}
 
-	// The troublemakers.
-	stopFlood := make(chan struct{})
-	var trouble sync.WaitGroup
-	trouble.Add(2)
-	var flooded atomic.Int64
-	go func() { // a flood of big publishes, never waiting for anything
-		defer trouble.Done()
+// troublemakers are the clients of TestLoad that misbehave.
+type troublemakers struct {
+	quit       chan struct{}
+	once       sync.Once
+	wg         sync.WaitGroup
+	flooded    atomic.Int64
+	neverReads net.Conn
+}
+
+func (tm *troublemakers) stop() {
+	tm.once.Do(func() {
+		close(tm.quit)
+		tm.wg.Wait()
+		tm.neverReads.Close()
+	})
+}
+
+// startTroublemakers starts a flood of big publishes that never waits for
+// anything, a subscriber to the flood that never reads, and connection
+// after connection of malformed input.
+func startTroublemakers(t *testing.T, addr string) *troublemakers {
+	tm := &troublemakers{quit: make(chan struct{})}
+	t.Cleanup(tm.stop)
+	tm.wg.Add(2)
+	go func() {
+		defer tm.wg.Done()
 		c := mustDialLoad(t, addr, "flooder")
 		defer c.Close()
 		go io.Copy(io.Discard, c)
@@ -152,7 +218,7 @@ func TestLoad(t *testing.T) {
 		batch := bytes.Repeat(big, 16)
 		for {
 			select {
-			case <-stopFlood:
+			case <-tm.quit:
 				return
 			default:
 			}
@@ -161,48 +227,58 @@ func TestLoad(t *testing.T) {
 				t.Errorf("flooder cut off: %v", err)
 				return
 			}
-			flooded.Add(16)
+			tm.flooded.Add(16)
 		}
 	}()
-	neverReads := mustDialLoad(t, addr, "never-reads")
-	defer neverReads.Close()
-	neverReads.Write((&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("flood.big")}).Encode())
-	go func() { // malformed input of every kind, over and over
-		defer trouble.Done()
-		for round := 0; ; round++ {
+	tm.neverReads = mustDialLoad(t, addr, "never-reads")
+	tm.neverReads.Write((&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("flood.big")}).Encode())
+	go func() {
+		defer tm.wg.Done()
+		for {
 			select {
-			case <-stopFlood:
+			case <-tm.quit:
 				return
 			default:
 			}
-			for _, in := range malformedInputs() {
-				c, err := net.Dial("tcp", addr)
-				if err != nil {
-					t.Errorf("hub refused a connection: %v", err)
-					return
-				}
-				c.Write(in)
-				c.(*net.TCPConn).CloseWrite() // the client hangs up: no input may keep the session
-				c.SetReadDeadline(time.Now().Add(20 * time.Second))
-				_, err = io.Copy(io.Discard, c) // the hub must close it
-				c.Close()
-				if err != nil {
-					t.Errorf("malformed input %q: connection not closed by the hub: %v", in, err)
-					return
-				}
+			if !sendMalformed(t, addr) {
+				return
 			}
 		}
 	}()
+	return tm
+}
 
-	// The real work: one message to each connection's own topic and ten
-	// to everyone, through the flood.
+// sendMalformed opens a connection for each malformed input and checks
+// that the hub closes it once the client has hung up.
+func sendMalformed(t *testing.T, addr string) bool {
+	for _, in := range malformedInputs() {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Errorf("hub refused a connection: %v", err)
+			return false
+		}
+		c.Write(in)
+		c.(*net.TCPConn).CloseWrite() // the client hangs up: no input may keep the session
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err = io.Copy(io.Discard, c) // the hub must close it
+		c.Close()
+		if err != nil {
+			t.Errorf("malformed input %q: connection not closed by the hub: %v", in, err)
+			return false
+		}
+	}
+	return true
+}
+
+// publishLoad publishes one message to each connection's own topic and
+// broadcasts to everyone, all at once, and waits for every OK.
+func publishLoad(t *testing.T, addr string, n, broadcasts int) {
 	pub := mustDialLoad(t, addr, "publisher")
 	defer pub.Close()
 	prd := protocol.NewReader(pub, 0)
-	const broadcasts = 10
 	var buf bytes.Buffer
 	id := uint64(0)
-	for i := range conns {
+	for i := range n {
 		id++
 		buf.Write((&protocol.Frame{Op: protocol.OpPub, ID: id, Topic: []byte(fmt.Sprintf("load.c%d", i)), Payload: []byte("yours")}).Encode())
 		if i%10 == 0 && i/10 < broadcasts {
@@ -228,52 +304,27 @@ func TestLoad(t *testing.T) {
 			t.Fatalf("publisher got %s", f)
 		}
 	}
+}
 
-	t.Logf("published and acknowledged at %v", time.Since(start))
-	deadline := time.Now().Add(60 * time.Second)
-	for i := 0; i < n; {
-		lc := conns[i]
-		if why := lc.failed.Load(); why != nil {
-			t.Fatalf("connection %d: %s", i, *why)
+// waitDelivered waits until every connection has its one message and the
+// broadcasts, failing at once on a connection lost or a message too many.
+func waitDelivered(t *testing.T, conns []*loadConn, broadcasts int64) {
+	i := 0
+	hubtest.Eventually(t, 60*time.Second, "every message delivered", func() error {
+		for ; i < len(conns); i++ {
+			lc := conns[i]
+			if why := lc.failed.Load(); why != nil {
+				t.Fatalf("connection %d: %s", i, *why)
+			}
+			if lc.direct.Load() > 1 || lc.bcast.Load() > broadcasts {
+				t.Fatalf("connection %d got %d direct and %d broadcast messages", i, lc.direct.Load(), lc.bcast.Load())
+			}
+			if lc.direct.Load() != 1 || lc.bcast.Load() != broadcasts {
+				return fmt.Errorf("connection %d got %d of 1 direct and %d of %d broadcast messages", i, lc.direct.Load(), lc.bcast.Load(), broadcasts)
+			}
 		}
-		if lc.direct.Load() == 1 && lc.bcast.Load() == broadcasts {
-			i++
-			continue
-		}
-		if lc.direct.Load() > 1 || lc.bcast.Load() > broadcasts {
-			t.Fatalf("connection %d got %d direct and %d broadcast messages", i, lc.direct.Load(), lc.bcast.Load())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("connection %d got %d of 1 direct and %d of %d broadcast messages", i, lc.direct.Load(), lc.bcast.Load(), broadcasts)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("all delivered at %v", time.Since(start))
-	// The non-reader, and only it, was cut off, once its backlog passed the
-	// limit (the flood keeps coming until then).
-	for deadline := time.Now().Add(60 * time.Second); metric(t, h, "caps_slow_consumers_total") == 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("the client that never reads was not cut off (%d flood messages)", flooded.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	close(stopFlood)
-	trouble.Wait()
-	t.Logf("troublemakers done at %v", time.Since(start))
-	if got := metric(t, h, "caps_slow_consumers_total"); got != 1 {
-		t.Fatalf("%v slow consumers, want only the one that never reads", got)
-	}
-	for i, lc := range conns {
-		if why := lc.failed.Load(); why != nil {
-			t.Fatalf("connection %d: %s", i, *why)
-		}
-	}
-	if got := metric(t, h, "caps_connections", "role", "client"); got < n {
-		t.Fatalf("%v clients connected at the end, want at least %d", got, n)
-	}
-	t.Logf("%d connections; %d flood messages of 16 KiB; %v bad frames, %v handshake errors",
-		n, flooded.Load(), metric(t, h, "caps_errors_total", "code", protocol.CodeBadFrame),
-		metric(t, h, "caps_errors_total", "code", protocol.CodeHandshake))
+		return nil
+	})
 }
 
 func dialLoad(addr string, i int) (*loadConn, error) {

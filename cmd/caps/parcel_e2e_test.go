@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/caps-hub/caps/internal/hubtest"
 )
 
 // process is a caps client command running as its own process.
@@ -128,32 +131,14 @@ func TestParcelProcesses(t *testing.T) {
 	events.waitFor(t, `"event":"pickup"`, 30*time.Second)
 
 	// Find the first order in the logger's file and watch slowpoke take it.
-	var first string
-	deadline := time.Now().Add(30 * time.Second)
-	for first == "" {
-		for _, l := range readLog(t, logPath) {
-			if l.Event == "pickup" {
-				first = l.Payload.OrderID
-				break
-			}
-		}
-		if first == "" {
-			if time.Now().After(deadline) {
-				t.Fatal("the logger recorded no pickup")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	for {
+	first := firstPickup(t, logPath)
+	hubtest.Eventually(t, 30*time.Second, "slowpoke to hold "+first, func() error {
 		out, _ := exec.Command(bin, "track", first, "--hub", addr).CombinedOutput()
 		if strings.Contains(string(out), "assigned (driver slowpoke)") {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("slowpoke never held %s; track says:\n%s", first, out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("track says:\n%s", out)
+	})
 	t.Logf("slowpoke holds the first order after %s", time.Since(t0))
 	if err := slowpoke.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -169,84 +154,76 @@ func TestParcelProcesses(t *testing.T) {
 			t.Fatalf("vendor %s: %v\nstderr:\n%s", store, err, strings.Join(v.errs.all(), "\n"))
 		}
 	}
-
 	t.Logf("vendors done after %s", time.Since(t0))
-	// What the logger saw: every order's three events, once each.
-	var orders = map[string]string{} // id → store
-	byEvent := map[string]map[string]int{}
-	connected := 0
-	eventually := time.Now().Add(10 * time.Second)
-	for {
-		orders, byEvent, connected = map[string]string{}, map[string]map[string]int{}, 0
-		for _, l := range readLog(t, logPath) {
-			switch l.Event {
-			case "pickup", "in-transit", "delivered":
-				if l.Event == "pickup" {
-					orders[l.Payload.OrderID] = l.Payload.Store
-				}
-				if byEvent[l.Event] == nil {
-					byEvent[l.Event] = map[string]int{}
-				}
-				byEvent[l.Event][l.Payload.OrderID]++
-			case "client.connected":
-				connected++
-			}
-		}
-		if len(byEvent["delivered"]) == 6 || time.Now().After(eventually) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if len(orders) != 6 {
-		t.Fatalf("logger saw %d orders, want 6", len(orders))
-	}
-	if connected < 7 {
-		t.Errorf("logger saw %d client.connected events, want at least 7", connected)
-	}
-	for id, store := range orders {
-		for _, ev := range []string{"pickup", "in-transit", "delivered"} {
-			if n := byEvent[ev][id]; n != 1 {
-				t.Errorf("order %s: logger saw %d %s events, want 1", id, n, ev)
-			}
-		}
-		// Thanked once, by its own vendor only.
-		for s, v := range vendors {
-			want := 0
-			if s == store {
-				want = 1
-			}
-			if n := countLines(v.out.all(), "VENDOR["+s+"]: Thank you for delivering "+id); n != want {
-				t.Errorf("vendor %s thanked for %s (%s) %d times, want %d", s, id, store, n, want)
-			}
-		}
-		picked, delivered := 0, 0
-		for _, d := range drivers {
-			picked += countLines(d.out.all(), "]: picked up "+id)
-			delivered += countLines(d.out.all(), "]: delivered "+id)
-		}
-		if picked != 1 || delivered != 1 {
-			t.Errorf("order %s: picked up %d times, delivered %d times; want 1 and 1", id, picked, delivered)
-		}
-	}
-	if n := len(slowpoke.out.all()); n != 0 {
-		t.Errorf("slowpoke printed %d lines", n)
-	}
 
-	// The first order's timeline shows the hand-over.
-	out, err := exec.Command(bin, "track", first, "--hub", addr).CombinedOutput()
-	if err != nil {
-		t.Fatalf("track %s: %v\n%s", first, err, out)
-	}
-	for _, want := range []string{"status    delivered (driver ", "assigned    slowpoke", "in-transit", "delivered"} {
-		if !strings.Contains(strings.Join(strings.Fields(string(out)), "    "), strings.Join(strings.Fields(want), "    ")) {
-			t.Errorf("track output lacks %q:\n%s", want, out)
+	var seen logTally
+	hubtest.Eventually(t, 10*time.Second, "the logger to record 6 deliveries", func() error {
+		seen = tallyLog(t, logPath)
+		if n := len(seen.byEvent["delivered"]); n != 6 {
+			return fmt.Errorf("%d orders delivered of %d posted", n, len(seen.orders))
 		}
-	}
-	// An order the hub does not know.
-	out, err = exec.Command(bin, "track", uuid.NewString(), "--hub", addr).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "no such order") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
-		t.Errorf("track of an unknown order: err %v, output %q; want a one-line \"no such order\" and a non-zero exit", err, out)
-	}
+		return nil
+	})
+	t.Run("the logger saw every order's three events once each", func(t *testing.T) {
+		if len(seen.orders) != 6 {
+			t.Fatalf("logger saw %d orders, want 6", len(seen.orders))
+		}
+		if seen.connected < 7 {
+			t.Errorf("logger saw %d client.connected events, want at least 7", seen.connected)
+		}
+		for id := range seen.orders {
+			for _, ev := range []string{"pickup", "in-transit", "delivered"} {
+				if n := seen.byEvent[ev][id]; n != 1 {
+					t.Errorf("order %s: logger saw %d %s events, want 1", id, n, ev)
+				}
+			}
+		}
+	})
+	t.Run("each order thanked for once, by its own vendor only", func(t *testing.T) {
+		for id, store := range seen.orders {
+			for s, v := range vendors {
+				want := 0
+				if s == store {
+					want = 1
+				}
+				if n := countLines(v.out.all(), "VENDOR["+s+"]: Thank you for delivering "+id); n != want {
+					t.Errorf("vendor %s thanked for %s (%s) %d times, want %d", s, id, store, n, want)
+				}
+			}
+		}
+	})
+	t.Run("each order picked up and delivered by one driver, once", func(t *testing.T) {
+		for id := range seen.orders {
+			picked, delivered := 0, 0
+			for _, d := range drivers {
+				picked += countLines(d.out.all(), "]: picked up "+id)
+				delivered += countLines(d.out.all(), "]: delivered "+id)
+			}
+			if picked != 1 || delivered != 1 {
+				t.Errorf("order %s: picked up %d times, delivered %d times; want 1 and 1", id, picked, delivered)
+			}
+		}
+		if n := len(slowpoke.out.all()); n != 0 {
+			t.Errorf("slowpoke printed %d lines", n)
+		}
+	})
+	t.Run("track shows the first order's hand-over", func(t *testing.T) {
+		out, err := exec.Command(bin, "track", first, "--hub", addr).CombinedOutput()
+		if err != nil {
+			t.Fatalf("track %s: %v\n%s", first, err, out)
+		}
+		for _, want := range []string{"status    delivered (driver ", "assigned    slowpoke", "in-transit", "delivered"} {
+			if !strings.Contains(strings.Join(strings.Fields(string(out)), "    "), strings.Join(strings.Fields(want), "    ")) {
+				t.Errorf("track output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("track of an order the hub does not know", func(t *testing.T) {
+		out, err := exec.Command(bin, "track", uuid.NewString(), "--hub", addr).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "no such order") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+			t.Errorf("track of an unknown order: err %v, output %q; want a one-line \"no such order\" and a non-zero exit", err, out)
+		}
+	})
 
 	t.Logf("checked after %s", time.Since(t0))
 	for _, d := range drivers {
@@ -255,6 +232,49 @@ func TestParcelProcesses(t *testing.T) {
 	logger.stop(t)
 	t.Logf("stopped after %s", time.Since(t0))
 	_ = hub.Process.Signal(syscall.SIGTERM)
+}
+
+// firstPickup returns the order id of the first pickup the logger recorded.
+func firstPickup(t *testing.T, logPath string) string {
+	t.Helper()
+	var first string
+	hubtest.Until(t, 30*time.Second, "the logger to record a pickup", func() bool {
+		for _, l := range readLog(t, logPath) {
+			if l.Event == "pickup" {
+				first = l.Payload.OrderID
+				return true
+			}
+		}
+		return false
+	})
+	return first
+}
+
+// logTally is what the logger recorded: orders (id → store), parcel events
+// by event and order, and connection events.
+type logTally struct {
+	orders    map[string]string
+	byEvent   map[string]map[string]int
+	connected int
+}
+
+func tallyLog(t *testing.T, logPath string) logTally {
+	l := logTally{orders: map[string]string{}, byEvent: map[string]map[string]int{}}
+	for _, line := range readLog(t, logPath) {
+		switch line.Event {
+		case "pickup", "in-transit", "delivered":
+			if line.Event == "pickup" {
+				l.orders[line.Payload.OrderID] = line.Payload.Store
+			}
+			if l.byEvent[line.Event] == nil {
+				l.byEvent[line.Event] = map[string]int{}
+			}
+			l.byEvent[line.Event][line.Payload.OrderID]++
+		case "client.connected":
+			l.connected++
+		}
+	}
+	return l
 }
 
 func TestVendorGivesUpOnAnUnreachableHub(t *testing.T) {

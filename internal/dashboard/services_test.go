@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/internal/dashboard"
 	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
@@ -37,10 +38,91 @@ func TestOrdersFollowTheBucket(t *testing.T) {
 	f.driver("dana", 10*time.Millisecond, 10*time.Millisecond, "")
 
 	// Follow the changes from the first cursor, as the page does.
-	seen := map[string]*dashboard.OrderView{}
-	cursor := first.Cursor
-	hubtest.Eventually(t, wait, "admin sees 5 delivered orders", func() error {
+	seen, cursor := followOrders(t, admin, first.Cursor, 5)
+	t.Run("every order's timeline, without message ids", func(t *testing.T) {
+		for _, o := range seen {
+			if len(o.Timeline) != 4 || o.Driver != "dana" {
+				t.Errorf("order %s: driver %q timeline %+v, want dana and pickup, assigned, in-transit, delivered", o.OrderID, o.Driver, o.Timeline)
+			}
+			for _, st := range o.Timeline {
+				if st.Key != "" {
+					t.Errorf("order %s: message id %q shown to the page", o.OrderID, st.Key)
+				}
+			}
+		}
+	})
+	t.Run("cursors", func(t *testing.T) {
+		// Nothing changed since: an empty answer.
 		r, err := request[dashboard.OrdersReply](t, admin, dashboard.ServiceOrders, map[string]any{"cursor": cursor})
+		if err != nil || r.Reset || len(r.Orders) != 0 {
+			t.Fatalf("no change since %s: %+v, %v", cursor, r, err)
+		}
+		// A cursor from another hub (or run) gets a whole snapshot.
+		r, err = request[dashboard.OrdersReply](t, admin, dashboard.ServiceOrders, map[string]any{"cursor": "elsewhere:3"})
+		if err != nil || !r.Reset || len(r.Orders) != 5 || !r.Loaded {
+			t.Fatalf("foreign cursor: %+v, %v; want a loaded reset of 5", r, err)
+		}
+	})
+	t.Run("a vendor sees its own store's orders, a driver none", func(t *testing.T) {
+		vendor := th.dial(t, protocol.RoleVendor, "north", "")
+		r, err := request[dashboard.OrdersReply](t, vendor, dashboard.ServiceOrders, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Orders) != 3 {
+			t.Errorf("vendor north sees %d orders, want its 3", len(r.Orders))
+		}
+		for _, o := range r.Orders {
+			if o.Store != "north" {
+				t.Errorf("vendor north sees order %s of store %s", o.OrderID, o.Store)
+			}
+		}
+		driver := th.dial(t, protocol.RoleDriver, "eve", "")
+		r, err = request[dashboard.OrdersReply](t, driver, dashboard.ServiceOrders, nil)
+		if err != nil || len(r.Orders) != 0 {
+			t.Errorf("driver sees %d orders (%v), want none", len(r.Orders), err)
+		}
+	})
+	for _, tc := range []struct {
+		role, name      string
+		orders          string
+		people, traffic bool
+	}{
+		{protocol.RoleAdmin, "boss", "all", true, true},
+		{protocol.RoleLogger, "log", "all", true, true},
+		{protocol.RoleVendor, "north", "store", false, false},
+		{protocol.RoleDriver, "eve", "none", false, false},
+		{protocol.RoleChat, "carol", "none", false, false},
+	} {
+		t.Run("what a "+tc.role+" may see", func(t *testing.T) {
+			c := th.dial(t, tc.role, tc.name, "")
+			h, err := request[dashboard.Hello](t, c, dashboard.ServiceHello, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.Orders != tc.orders || h.People != tc.people || h.Traffic != tc.traffic || !h.Open || h.Role != tc.role {
+				t.Errorf("%s %s: hello %+v, want orders %s people %v traffic %v", tc.role, tc.name, h, tc.orders, tc.people, tc.traffic)
+			}
+			_, err = request[dashboard.PeopleReply](t, c, dashboard.ServicePeople, nil)
+			if tc.people != (err == nil) {
+				t.Errorf("%s: people service: %v", tc.role, err)
+			}
+			var pe *protocol.Error
+			if err != nil && (!errors.As(err, &pe) || pe.Code != protocol.CodeForbidden) {
+				t.Errorf("%s: people refused with %v, want forbidden", tc.role, err)
+			}
+		})
+	}
+}
+
+// followOrders asks for the orders changed since cursor, as the page does,
+// until it has seen n orders, all delivered; it returns them (the latest
+// revision of each) and the last cursor.
+func followOrders(t *testing.T, c *client.Conn, cursor string, n int) (map[string]*dashboard.OrderView, string) {
+	t.Helper()
+	seen := map[string]*dashboard.OrderView{}
+	hubtest.Eventually(t, wait, fmt.Sprintf("admin sees %d delivered orders", n), func() error {
+		r, err := request[dashboard.OrdersReply](t, c, dashboard.ServiceOrders, map[string]any{"cursor": cursor})
 		if err != nil {
 			return err
 		}
@@ -59,79 +141,12 @@ func TestOrdersFollowTheBucket(t *testing.T) {
 				delivered++
 			}
 		}
-		if delivered != 5 || len(seen) != 5 {
+		if delivered != n || len(seen) != n {
 			return fmt.Errorf("%d orders seen, %d delivered", len(seen), delivered)
 		}
 		return nil
 	})
-	for _, o := range seen {
-		if len(o.Timeline) != 4 || o.Driver != "dana" {
-			t.Errorf("order %s: driver %q timeline %+v, want dana and pickup, assigned, in-transit, delivered", o.OrderID, o.Driver, o.Timeline)
-		}
-		for _, st := range o.Timeline {
-			if st.Key != "" {
-				t.Errorf("order %s: message id %q shown to the page", o.OrderID, st.Key)
-			}
-		}
-	}
-	// Nothing changed since: an empty answer.
-	r, err := request[dashboard.OrdersReply](t, admin, dashboard.ServiceOrders, map[string]any{"cursor": cursor})
-	if err != nil || r.Reset || len(r.Orders) != 0 {
-		t.Fatalf("no change since %s: %+v, %v", cursor, r, err)
-	}
-	// A cursor from another hub (or run) gets a whole snapshot.
-	r, err = request[dashboard.OrdersReply](t, admin, dashboard.ServiceOrders, map[string]any{"cursor": "elsewhere:3"})
-	if err != nil || !r.Reset || len(r.Orders) != 5 || !r.Loaded {
-		t.Fatalf("foreign cursor: %+v, %v; want a loaded reset of 5", r, err)
-	}
-
-	vendor := th.dial(t, protocol.RoleVendor, "north", "")
-	r, err = request[dashboard.OrdersReply](t, vendor, dashboard.ServiceOrders, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(r.Orders) != 3 {
-		t.Errorf("vendor north sees %d orders, want its 3", len(r.Orders))
-	}
-	for _, o := range r.Orders {
-		if o.Store != "north" {
-			t.Errorf("vendor north sees order %s of store %s", o.OrderID, o.Store)
-		}
-	}
-	driver := th.dial(t, protocol.RoleDriver, "eve", "")
-	r, err = request[dashboard.OrdersReply](t, driver, dashboard.ServiceOrders, nil)
-	if err != nil || len(r.Orders) != 0 {
-		t.Errorf("driver sees %d orders (%v), want none", len(r.Orders), err)
-	}
-
-	for _, tc := range []struct {
-		role, name      string
-		orders          string
-		people, traffic bool
-	}{
-		{protocol.RoleAdmin, "boss", "all", true, true},
-		{protocol.RoleLogger, "log", "all", true, true},
-		{protocol.RoleVendor, "north", "store", false, false},
-		{protocol.RoleDriver, "eve", "none", false, false},
-		{protocol.RoleChat, "carol", "none", false, false},
-	} {
-		c := th.dial(t, tc.role, tc.name, "")
-		h, err := request[dashboard.Hello](t, c, dashboard.ServiceHello, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h.Orders != tc.orders || h.People != tc.people || h.Traffic != tc.traffic || !h.Open || h.Role != tc.role {
-			t.Errorf("%s %s: hello %+v, want orders %s people %v traffic %v", tc.role, tc.name, h, tc.orders, tc.people, tc.traffic)
-		}
-		_, err = request[dashboard.PeopleReply](t, c, dashboard.ServicePeople, nil)
-		if tc.people != (err == nil) {
-			t.Errorf("%s: people service: %v", tc.role, err)
-		}
-		var pe *protocol.Error
-		if err != nil && (!errors.As(err, &pe) || pe.Code != protocol.CodeForbidden) {
-			t.Errorf("%s: people refused with %v, want forbidden", tc.role, err)
-		}
-	}
+	return seen, cursor
 }
 
 // TestPeopleAndLoads checks the People panel's data: every client with its
