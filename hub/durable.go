@@ -266,7 +266,7 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 	// Hand out only what is on disk: with group sync the engine syncs after
 	// storing (a round always ends: it syncs or fails).
 	if err := h.eng.WaitDurable(context.Background(), meta.Timestamp); err != nil {
-		_ = msg.NakWithDelay(time.Second)
+		_ = msg.NakWithDelay(refusedRedelivery)
 		return
 	}
 	// Never hand a member a message outside the pattern it subscribed to

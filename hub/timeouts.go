@@ -98,8 +98,9 @@ const (
 	streamScrapeTimeout = 2 * time.Second
 
 	// refusedRedelivery is how long a durable message nobody may take now
-	// (every member refused it, or it is outside the group's pattern) waits
-	// before the engine offers it again.
+	// (every member refused it, it is outside the group's pattern, or the
+	// sync that would make it durable failed) waits before the engine
+	// offers it again.
 	refusedRedelivery = time.Second
 )
 
