@@ -163,7 +163,7 @@ func TestClassroomObjectsSplitAndCoalesced(t *testing.T) {
 	}
 }
 
-// TestLegacyOneObjectPerRead reads raw socket reads, as a classroom client
+// TestClassroomOneObjectPerRead reads raw socket reads, as a classroom client
 // does with JSON.parse(chunk): each read must hold exactly one object.
 func TestClassroomOneObjectPerRead(t *testing.T) {
 	h := startHub(t, nil)
