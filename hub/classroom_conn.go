@@ -31,6 +31,7 @@ type classroomConn struct {
 	// Read loop only.
 	held    map[personaKey]uint64 // the persona's subscriptions → sid
 	nextKey uint64
+	toText  bool // its first bytes were text: a text session takes the connection over
 
 	// mu guards what deliveries and the write loop share with the read
 	// loop. It is never held while calling the session API: deliveries of
@@ -104,8 +105,51 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 		if silent && c.hasIdle {
 			c.startGrace()
 		}
+		if silent && h.textAllowed() {
+			if err := c.awaitFirstBytes(br); err != nil {
+				return err
+			}
+		}
 		return c.readLoop(br)
 	})
+	if c.toText && !h.stopping.Load() {
+		// The same connection, a new session: the classroom one has ended
+		// as if it disconnected (what it held went to someone else).
+		ts := h.newSession(conn, s.info.Transport)
+		_ = conn.SetReadDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
+		h.serveText(ts, br, textDetected)
+	} else if c.toText {
+		_ = conn.Close()
+	}
+}
+
+// errToText ends the classroom session of a connection whose first bytes
+// are text.
+var errToText = errors.New("the connection speaks text, not classroom JSON")
+
+// awaitFirstBytes waits, with the dialect's timers running, for the first
+// bytes of a connection taken for a classroom client because it was silent.
+// A person who connected and waited before typing was silent too: if those
+// bytes are text, the session ends (anything it was handed goes back at
+// once) and the connection goes on as a text one (serveClassroom).
+func (c *classroomConn) awaitFirstBytes(br *bufio.Reader) error {
+	for {
+		_, err := br.Peek(1)
+		switch {
+		case isTimeout(err):
+			c.timer()
+			continue
+		case err != nil:
+			return err
+		}
+		if c.h.sniffLate(br) != dialectText {
+			return nil
+		}
+		c.h.log.Debug("classroom: a silent connection speaks text", "session", c.s.info.ID)
+		c.toText = true
+		c.s.handOver()
+		return errToText
+	}
 }
 
 // readLoop decodes objects until the connection ends.

@@ -44,6 +44,15 @@ type Config struct {
 	// 5 s interval, so that a vendor is not mistaken for a driver before its
 	// first order).
 	ClassroomGrace time.Duration
+	// Text serves plain-text clients (nc, telnet) when an app gives their
+	// lines a meaning (chat): TextAuto (the default: with Auth, a client
+	// shows a token first), TextOn (with Auth, a client without a token is
+	// a guest) or TextOff.
+	Text string
+	// TextAddr, when set, is a TCP address where only text clients are
+	// served, greeted as soon as they connect (the client port cannot
+	// greet: a classroom driver would choke on it).
+	TextAddr string
 	// AllowedOrigins for WebSocket upgrades (host patterns); empty allows same-origin only,
 	// "*" allows any origin.
 	AllowedOrigins []string
@@ -116,6 +125,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.Classroom == "" {
 		c.Classroom = ClassroomAuto
+	}
+	if c.Text == "" {
+		c.Text = TextAuto
 	}
 	if c.ClassroomGrace <= 0 {
 		c.ClassroomGrace = 6 * time.Second

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"bufio"
+	"fmt"
 
 	"github.com/caps-hub/caps/protocol"
 )
@@ -60,35 +61,132 @@ type batchWriter interface {
 	writeBatch(s *Session, batch [][]byte) error
 }
 
-// A new connection's dialect is told by its first byte, or by its silence:
+// A new connection's dialect is told by its first bytes, or by its silence:
 //
-//   - '{' over TCP or TLS: the classroom's JSON objects (classroom.go);
+//   - a byte that can start a CAPS frame the hub accepts — 0x00 for any
+//     frame under 16 MiB, the first byte being the high byte of its length
+//     — is CAPS frames (caps_dialect.go);
+//   - '{' over TCP or TLS, followed (after any white space) by '"' or '}',
+//     as every JSON object does: the classroom's JSON objects
+//     (classroom.go);
+//   - anything else over TCP or TLS, when the text dialect is served: text
+//     lines from nc or telnet (text.go) — a letter, '@', '/', a line end, a
+//     telnet command (IAC, 0xFF), and '{' followed by anything but '"' or
+//     '}' (a person typing "{hello");
+//   - anything else, when it is not: CAPS frames, which refuse it;
 //   - nothing until the handshake deadline, over TCP or TLS, when the
 //     classroom dialect is allowed and an app presumes something of silent
-//     classroom clients (the parcel app: they are drivers): the classroom;
-//   - anything else: CAPS frames (caps_dialect.go), whose first byte is the
-//     high byte of the frame's length, 0x00 for any frame under 16 MiB.
+//     classroom clients (the parcel app: they are drivers): the classroom.
+//     Should its first bytes, later, be text (a person who waited before
+//     typing), it becomes a text connection (classroom_conn.go).
 //
 // pickDialect peeks at the connection (its read deadline is the handshake
 // deadline) and serves it in its dialect; a connection that ends or times
 // out before saying anything is answered and closed here.
 func (h *Hub) pickDialect(s *Session, br *bufio.Reader) {
 	stream := s.info.Transport != transportWebSocket // WebSocket speaks CAPS frames only
-	first, err := br.Peek(1)
+	_, err := br.Peek(1)
 	switch {
-	case err == nil && stream && first[0] == '{':
-		h.serveClassroom(s, br, false)
+	case err == nil && stream:
+		switch h.sniff(br) {
+		case dialectClassroom:
+			h.serveClassroom(s, br, false)
+		case dialectText:
+			h.serveText(s, br, textDetected)
+		default:
+			h.serveCAPS(s, br)
+		}
 	case err == nil:
 		h.serveCAPS(s, br)
 	case isTimeout(err) && stream && h.classroomPresumesSilent():
 		h.serveClassroom(s, br, true)
 	case isTimeout(err):
 		s.countError(protocol.CodeHandshakeTime)
-		s.writeNow(protocol.ErrorFrame(0, protocol.CodeHandshakeTime, "no HELLO within "+h.cfg.HandshakeTimeout.String(), true).Encode())
+		s.writeNow(protocol.ErrorFrame(0, protocol.CodeHandshakeTime, h.handshakeTimeoutText(), true).Encode())
 		s.conn.Close()
 	default:
 		s.conn.Close()
 	}
+}
+
+// The dialects a connection's first bytes can show.
+type dialectKind int
+
+const (
+	dialectCAPS dialectKind = iota
+	dialectClassroom
+	dialectText
+)
+
+// sniff tells the dialect of a TCP or TLS connection from its first bytes
+// (at least one is buffered).
+func (h *Hub) sniff(br *bufio.Reader) dialectKind {
+	first, _ := br.Peek(1)
+	b := first[0]
+	switch {
+	case int(b)<<24 <= h.cfg.MaxFrame:
+		return dialectCAPS
+	case b == '{':
+		if !h.textAllowed() || jsonObjectAhead(br) {
+			return dialectClassroom
+		}
+		return dialectText
+	case h.textAllowed():
+		return dialectText
+	}
+	return dialectCAPS
+}
+
+// jsonObjectAhead reports whether the '{' buffered in br starts a JSON
+// object: the next byte other than white space is '"' or '}'. When it
+// cannot tell (the client stops there), it says yes: '{' was the
+// classroom's sign before there was a text dialect.
+func jsonObjectAhead(br *bufio.Reader) bool {
+	for n := 2; n <= 64; n++ {
+		b, err := br.Peek(n)
+		if err != nil {
+			return true
+		}
+		switch b[n-1] {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '"', '}':
+			return true
+		}
+		return false
+	}
+	return true
+}
+
+// sniffLate tells the dialect of a connection that was silent until the
+// handshake deadline and was taken for a classroom client: its first bytes,
+// now buffered in br, are a classroom object's unless they are text —
+// anything but '{' (not followed by an object's '"' or '}') and blanks.
+func (h *Hub) sniffLate(br *bufio.Reader) dialectKind {
+	first, _ := br.Peek(1)
+	switch first[0] {
+	case '{':
+		if jsonObjectAhead(br) {
+			return dialectClassroom
+		}
+	case ' ', '\t':
+		return dialectClassroom
+	}
+	return dialectText
+}
+
+// handshakeTimeoutText explains a handshake timeout; when people may chat
+// with nc or telnet it tells them how.
+func (h *Hub) handshakeTimeoutText() string {
+	text := "no HELLO within " + h.cfg.HandshakeTimeout.String()
+	if h.textAllowed() {
+		text += fmt.Sprintf(" (to chat with nc or telnet, type a line within %s of connecting", h.cfg.HandshakeTimeout)
+		if a := h.TextAddr(); a != nil {
+			text += ", or use the text port " + a.String()
+		}
+		text += ")"
+	}
+	return text
 }
 
 // Transports, as SessionInfo.Transport names them.

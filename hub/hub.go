@@ -60,6 +60,7 @@ type Hub struct {
 
 	ready     chan struct{}
 	addr      atomic.Value // net.Addr
+	textAddr  atomic.Value // net.Addr of the text-only port
 	httpAddr  atomic.Value // net.Addr
 	mu        sync.Mutex
 	sessions  map[string]*Session
@@ -84,6 +85,8 @@ type running struct {
 	ln             net.Listener
 	httpSrv        *http.Server
 	acceptDone     chan struct{}
+	textLn         net.Listener // the text-only port, if any
+	textAcceptDone chan struct{}
 	stopApps       context.CancelFunc
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -129,6 +132,13 @@ func (h *Hub) Ready() <-chan struct{} { return h.ready }
 // Addr is the TCP listener's address (valid after Ready).
 func (h *Hub) Addr() net.Addr {
 	a, _ := h.addr.Load().(net.Addr)
+	return a
+}
+
+// TextAddr is the text-only port's address, or nil when there is none
+// (valid after Ready).
+func (h *Hub) TextAddr() net.Addr {
+	a, _ := h.textAddr.Load().(net.Addr)
 	return a
 }
 
@@ -254,6 +264,23 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	h.addr.Store(ln.Addr())
 	h.run.ln = ln
 
+	if h.cfg.TextAddr != "" {
+		// The text-only port: people with nc or telnet, greeted at once.
+		if !h.textAllowed() {
+			return fmt.Errorf("text port %s: %w", h.cfg.TextAddr, h.errTextOff())
+		}
+		tl, err := net.Listen("tcp", h.cfg.TextAddr)
+		if err != nil {
+			return fmt.Errorf("listen text %s: %w", h.cfg.TextAddr, err)
+		}
+		undo = append(undo, func() { tl.Close() })
+		if h.cfg.TLS != nil {
+			tl = tls.NewListener(tl, h.cfg.TLS)
+		}
+		h.textAddr.Store(tl.Addr())
+		h.run.textLn = tl
+	}
+
 	if h.cfg.HTTPAddr != "off" {
 		h.hosts = newHostSet(h.cfg.HTTPHosts, h.cfg.TLS)
 		hl, err := net.Listen("tcp", h.cfg.HTTPAddr)
@@ -295,10 +322,14 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	go func() { defer h.run.background.Done(); h.heartbeats(bgCtx) }()
 	go func() { defer h.run.background.Done(); h.events.flushLoop(bgCtx) }()
 
-	h.log.Info("hub listening", "addr", ln.Addr().String(), "http", h.HTTPAddr(), "tls", h.cfg.TLS != nil,
+	h.log.Info("hub listening", "addr", ln.Addr().String(), "http", h.HTTPAddr(), "text", h.TextAddr(), "tls", h.cfg.TLS != nil,
 		"engine", map[bool]string{true: "embedded", false: "external"}[eng.Embedded()], "data", h.cfg.DataDir)
 	h.run.acceptDone = make(chan struct{})
-	go func() { defer close(h.run.acceptDone); h.acceptLoop(ln, transport) }()
+	go func() { defer close(h.run.acceptDone); h.acceptLoop(ln, transport, h.serveConn) }()
+	if tl := h.run.textLn; tl != nil {
+		h.run.textAcceptDone = make(chan struct{})
+		go func() { defer close(h.run.textAcceptDone); h.acceptLoop(tl, transport, h.serveTextConn) }()
+	}
 	close(h.ready)
 	return nil
 }
@@ -330,6 +361,10 @@ func (h *Hub) shutdown(ctx context.Context) error {
 	h.stopping.Store(true)
 	r.ln.Close()
 	<-r.acceptDone
+	if r.textLn != nil {
+		r.textLn.Close()
+		<-r.textAcceptDone
+	}
 	if r.httpSrv != nil {
 		_ = r.httpSrv.Shutdown(ctx)
 	}
@@ -348,7 +383,7 @@ func (h *Hub) shutdown(ctx context.Context) error {
 	return drained
 }
 
-func (h *Hub) acceptLoop(ln net.Listener, transport string) {
+func (h *Hub) acceptLoop(ln net.Listener, transport string, serve func(net.Conn, string)) {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -366,7 +401,7 @@ func (h *Hub) acceptLoop(ln net.Listener, transport string) {
 		h.conns.Add(1)
 		go func() {
 			defer h.conns.Done()
-			h.serveConn(c, transport)
+			serve(c, transport)
 		}()
 	}
 }

@@ -82,6 +82,9 @@ type Session struct {
 	spare    [][]byte
 	outBytes int
 	closing  bool // no more frames accepted; close after the queue drains
+	// keepConn: the session ends but its connection goes on in another
+	// dialect (handOver); the write loop flushes and leaves it open.
+	keepConn bool
 	wake     chan struct{}
 	done     chan struct{}
 	closeErr error
@@ -104,9 +107,19 @@ type Session struct {
 	nsubs int
 }
 
-// serveConn runs one connection from first byte to close. transport names
-// how it arrived ("tcp", "tls", "websocket").
-func (h *Hub) serveConn(c net.Conn, transport string) {
+// serveConn runs one connection of the client port (or WebSocket) from
+// first byte to close. transport names how it arrived ("tcp", "tls",
+// "websocket").
+func (h *Hub) serveConn(c net.Conn, transport string) { h.serveConnAs(c, transport, h.pickDialect) }
+
+// serveTextConn runs one connection of the text-only port.
+func (h *Hub) serveTextConn(c net.Conn, transport string) {
+	h.serveConnAs(c, transport, func(s *Session, br *bufio.Reader) { h.serveText(s, br, textPort) })
+}
+
+// serveConnAs admits a connection and hands it to serve, which picks and
+// runs its dialect.
+func (h *Hub) serveConnAs(c net.Conn, transport string, serve func(*Session, *bufio.Reader)) {
 	if n := h.nconns.Add(1); n > int64(h.cfg.MaxConns) {
 		h.nconns.Add(-1)
 		h.metrics.errors.WithLabelValues(protocol.CodeTooManyConns).Inc()
@@ -127,7 +140,7 @@ func (h *Hub) serveConn(c net.Conn, transport string) {
 	s := h.newSession(c, transport)
 	c.SetReadDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
 	br := bufio.NewReaderSize(c, 512)
-	h.pickDialect(s, br)
+	serve(s, br)
 }
 
 func (h *Hub) newSession(c net.Conn, transport string) *Session {
@@ -284,6 +297,16 @@ func (s *Session) send(b []byte) bool {
 	return true
 }
 
+// handOver makes the session's end leave its connection open, for a
+// session in another dialect to go on with (a connection taken for a
+// classroom client while it was silent, whose first words are text). Only
+// the read loop may call it, before the session closes.
+func (s *Session) handOver() {
+	s.mu.Lock()
+	s.keepConn = true
+	s.mu.Unlock()
+}
+
 // fail tells the client of a fatal error and closes the session once it is
 // written. It reports whether this call closed the session (and so sent and
 // counted the error); a session already closing is left alone.
@@ -332,6 +355,14 @@ func (s *Session) writeLoop() {
 		case <-s.done:
 			s.conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
 			s.flushQueue()
+			s.mu.Lock()
+			keep := s.keepConn
+			s.mu.Unlock()
+			if keep {
+				s.conn.SetWriteDeadline(time.Time{})
+				close(s.connDone)
+				return
+			}
 			if tc, ok := s.conn.(*net.TCPConn); ok {
 				// Let the peer read the final frame before it sees the close.
 				tc.CloseWrite()

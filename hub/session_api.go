@@ -317,6 +317,27 @@ func (s *Session) reidentify(id Identity) {
 	}
 }
 
+// rename gives the session another name (a text client choosing one): the
+// identity is completed again (identify hooks) and its permissions, whose
+// {name} placeholders name it, compiled anew. Its subscriptions stay; the
+// app that lets a client rename keeps its own records. Only the read loop
+// may call it.
+func (s *Session) rename(name string) error {
+	h := s.hub
+	if !protocol.ValidName(name) {
+		return Reject(protocol.CodeBadRequest, fmt.Sprintf("bad name %q: 1-32 of A-Z a-z 0-9 _ . -, starting with a letter or digit", name))
+	}
+	id := s.ident
+	id.Name = name
+	id = h.completeIdentity(id)
+	s.ident = id
+	s.perms.Store(h.permissionsOf(id))
+	s.infoMu.Lock()
+	s.info.Name, s.info.Attrs = id.Name, id.Attrs
+	s.infoMu.Unlock()
+	return nil
+}
+
 // close ends the session at the client's request: what is queued is
 // written, then the connection is closed.
 func (s *Session) close(reason error) { s.closeWith(nil, "", reason) }

@@ -104,6 +104,20 @@ const (
 	refusedRedelivery = time.Second
 )
 
+// Waits of the text dialect (hub/text_conn.go).
+const (
+	// textLoginTimeout is how long a text client of a hub with
+	// authentication has to send "@token TOKEN": a person typing or
+	// pasting it, so far longer than a program's handshake.
+	textLoginTimeout = time.Minute
+
+	// textJoinDelay is how long after its session starts a text client that
+	// has typed nothing yet is made ready (TextHandler.Ready: chat joins
+	// the lobby). A first line coming sooner — a script's "@nickname
+	// carol" — is handled before, so that nobody hears of the guest name.
+	textJoinDelay = 2 * time.Second
+)
+
 // Pacing of the classroom dialect (hub/classroom_codec.go).
 const (
 	// classroomWriteGap spaces the objects written to one classroom

@@ -30,9 +30,13 @@ func (h *Hub) tlsHandshakeFailed(c net.Conn, err error) {
 	h.log.Info("plain-text connection to the TLS port refused", "remote", remote)
 	const text = "this hub requires TLS: connect with TLS (--tls-ca FILE or a tls:// address)"
 	var answer []byte
-	if rhe.RecordHeader[0] == '{' {
+	switch first := rhe.RecordHeader[0]; {
+	case first == '{':
 		answer = []byte(`{"event":"error","payload":{"code":"` + protocol.CodeHandshake + `","message":"` + text + `"}}`)
-	} else {
+	case h.textAllowed() && int(first)<<24 > h.cfg.MaxFrame:
+		// A person with nc or telnet.
+		answer = encodeLines([]string{errorLine(protocol.CodeHandshake, "this hub requires TLS: connect with TLS (openssl s_client -connect HOST:PORT, or ncat --ssl)")})
+	default:
 		answer = protocol.ErrorFrame(0, protocol.CodeHandshake, text, true).Encode()
 	}
 	rhe.Conn.SetWriteDeadline(time.Now().Add(refuseTimeout))
