@@ -58,6 +58,14 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 			default:
 				return fmt.Errorf("--classroom %q: want auto, on or off", cfg.Classroom)
 			}
+			switch cfg.Text {
+			case hub.TextAuto, hub.TextOn, hub.TextOff:
+			default:
+				return fmt.Errorf("--text %q: want auto, on or off", cfg.Text)
+			}
+			if cfg.Text == hub.TextOff && cfg.TextAddr != "" {
+				return fmt.Errorf("--text-addr serves the text dialect, which --text off turns off")
+			}
 			if origins != "" {
 				cfg.AllowedOrigins = strings.Split(origins, ",")
 			}
@@ -107,6 +115,8 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.DurationVar(&cfg.ClassroomGrace, "legacy-grace", 6*time.Second, "")
 	_ = f.MarkDeprecated("legacy", "use --classroom")
 	_ = f.MarkDeprecated("legacy-grace", "use --classroom-grace")
+	f.StringVar(&cfg.Text, "text", hub.TextAuto, "chat from nc or telnet on the client port: auto (on; with --auth, @token TOKEN first), on (with --auth, guests too), off")
+	f.StringVar(&cfg.TextAddr, "text-addr", "", "also listen here for nc or telnet only, greeting each newcomer (e.g. :3001; default: none)")
 	f.StringVar(&origins, "ws-origins", "", `WebSocket origin patterns allowed, comma-separated ("*" = any)`)
 	f.IntVar(&cfg.MaxConns, "max-conns", 20000, "maximum concurrent connections")
 	f.IntVar(&cfg.MaxFrame, "max-frame", 1<<20, "maximum frame size in bytes")

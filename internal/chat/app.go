@@ -139,8 +139,9 @@ type App struct {
 	js        jetstream.JetStream
 	roomCount *roomCount // rooms with stored messages, against MaxRooms
 
-	mu       sync.Mutex
-	sessions map[string]*chatter // by session id, this hub's chat clients
+	mu        sync.Mutex
+	sessions  map[string]*chatter      // by session id, this hub's chat clients
+	classroom map[string]*rate.Limiter // by session id, classroom clients' lobby lines (classroom.go)
 }
 
 // chatter is the state of one local chat session.
@@ -157,7 +158,7 @@ type chatter struct {
 // NewApp returns the chat application.
 func NewApp(cfg AppConfig) *App {
 	cfg.withDefaults()
-	return &App{cfg: cfg, sessions: map[string]*chatter{}}
+	return &App{cfg: cfg, sessions: map[string]*chatter{}, classroom: map[string]*rate.Limiter{}}
 }
 
 // Setup declares the chat stream and bucket, the permissions of the chat
@@ -222,6 +223,9 @@ func (a *App) Setup(ctx context.Context, host *hub.Host) error {
 	host.Handle(ServiceWho, a.who)
 	host.Handle(ServiceRooms, a.rooms)
 	host.Handle(ServiceHistory, a.history)
+	if err := a.setupClassroomBridge(ctx, host); err != nil {
+		return err
+	}
 
 	go a.maintain(ctx)
 	return nil
@@ -260,10 +264,56 @@ func (a *App) onConnect(ctx context.Context, s hub.SessionInfo) error {
 	return nil
 }
 
+// rename gives a text client (t) the chat name name: the name is claimed
+// cluster-wide, the hub calls the session by it, its room memberships move
+// to it — each room hears the new name join and the old one leave, as when
+// caps chat's /nick reconnects — and the old name is freed.
+func (a *App) rename(ctx context.Context, t *hub.TextConn, name string) error {
+	s := t.Info()
+	c := a.chatter(s.ID)
+	if c == nil {
+		return hub.Reject(protocol.CodeInternal, "chat session not registered")
+	}
+	rev, _, err := a.store.claim(ctx, nameKey(name), record{Name: name, Session: s.ID, Hub: s.Hub, Since: s.Since}, "", true)
+	switch {
+	case errors.Is(err, errTaken):
+		return hub.Reject(protocol.CodeNameTaken, fmt.Sprintf("name %s is in use; choose another", name))
+	case engine.IsFull(err):
+		return hub.Reject(protocol.CodeStoreFull, "the hub holds as many chat names as it may; retry later")
+	case err != nil:
+		a.log.Warn("claim chat name", "name", name, "err", err)
+		return hub.Reject(protocol.CodeUnavailable, "cannot check that the name is free (engine unavailable); retry")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := t.Rename(name); err != nil {
+		a.store.release(ctx, nameKey(name), s.ID, rev)
+		return err
+	}
+	old, oldRev := c.info.Name, c.nameRev
+	c.info.Name, c.nameRev = name, rev
+	for room, mrev := range c.rooms {
+		rec := record{Name: name, Room: room, Session: s.ID, Hub: s.Hub, Since: time.Now().UTC()}
+		nrev, _, err := a.store.claim(ctx, memberKey(room, name), rec, "", false)
+		if err != nil {
+			a.log.Warn("record room membership", "room", room, "name", name, "err", err) // the maintenance loop writes it later
+		}
+		c.rooms[room] = nrev
+		a.announce(ctx, room, name, KindJoin)
+		a.store.release(ctx, memberKey(room, old), s.ID, mrev)
+		a.announce(ctx, room, old, KindLeave)
+	}
+	a.store.release(ctx, nameKey(old), s.ID, oldRev)
+	return nil
+}
+
 // onDisconnect frees the name. The hub has already ended the session's
 // subscriptions, so its rooms have been left (and announced) by now.
 func (a *App) onDisconnect(s hub.SessionInfo) {
 	if s.Role != protocol.RoleChat {
+		a.mu.Lock()
+		delete(a.classroom, s.ID)
+		a.mu.Unlock()
 		return
 	}
 	a.mu.Lock()

@@ -445,17 +445,28 @@ func (c *Client) Leave(room string) error {
 }
 
 // Say sends text to the current room.
-func (c *Client) Say(ctx context.Context, text string) error { return c.post(ctx, KindMsg, text) }
+func (c *Client) Say(ctx context.Context, text string) error {
+	return c.post(ctx, c.Current(), KindMsg, text)
+}
+
+// SayIn sends text to room, which need not be the current one.
+func (c *Client) SayIn(ctx context.Context, room, text string) error {
+	return c.post(ctx, room, KindMsg, text)
+}
 
 // Me sends an action ("/me waves") to the current room.
-func (c *Client) Me(ctx context.Context, action string) error { return c.post(ctx, KindMe, action) }
+func (c *Client) Me(ctx context.Context, action string) error {
+	return c.post(ctx, c.Current(), KindMe, action)
+}
 
-func (c *Client) post(ctx context.Context, kind, text string) error {
+func (c *Client) help() string { return Help() }
+
+func (c *Client) post(ctx context.Context, room, kind, text string) error {
 	c.mu.Lock()
-	room, name, conn := c.current, c.name, c.conn
+	name, conn := c.name, c.conn
 	c.mu.Unlock()
 	if room == "" {
-		return errors.New("you are in no room: /join ROOM first")
+		return errNoRoom
 	}
 	m := Message{ID: uuid.NewString(), From: name, Room: room, Text: text, Kind: kind, Time: time.Now().UTC()}
 	return c.publish(ctx, conn, RoomTopic(room), m)
@@ -605,6 +616,9 @@ func (c *Client) Nick(ctx context.Context, name string) error {
 	c.emit(Event{Kind: EventState, State: client.StateConnected, Hub: conn.Addr()})
 	return nil
 }
+
+// errNoRoom refuses a message of a user who left every room.
+var errNoRoom = errors.New("you are in no room: /join ROOM first")
 
 // idSet remembers the last n ids added.
 type idSet struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -69,6 +70,44 @@ func TestTwoHubs(t *testing.T) {
 	bob.end()
 	alice.out.waitLine(t, "[lobby] * bob left")
 	alice.end()
+}
+
+// Two hubs on one engine: text clients on either get guest names of their
+// own, and the lobby reaches a classroom client once, whichever hub bridged it.
+func TestTwoHubsText(t *testing.T) {
+	ns := startNATS(t)
+	on := func(name string) func(*hub.Config) {
+		return func(c *hub.Config) { c.NATSURLs, c.DataDir, c.Name = ns.ClientURL(), "", name }
+	}
+	east := startHub(t, AppConfig{}, on("east"))
+	west := startHub(t, AppConfig{}, on("west"))
+	class := dialClassroomChat(t, west.Addr().String())
+	names := map[string]bool{}
+	var socks []*textSock
+	for i, h := range []*testHub{east, west, east, west} {
+		g := dialTextSock(t, h.Addr().String())
+		g.send(fmt.Sprintf("line %d", i))
+		g.out.waitFor(t, "a guest name", func(s string) bool { return strings.Contains(s, "you are guest-") })
+		name := strings.TrimPrefix(strings.Split(g.out.String(), "\n")[0], "* welcome to CAPS chat, you are ")
+		if names[name] {
+			t.Fatalf("two guests named %s", name)
+		}
+		names[name] = true
+		socks = append(socks, g)
+	}
+	got := map[string]bool{}
+	for range socks {
+		l := class.next()
+		if got[l.Text] || !strings.HasPrefix(l.Text, "line ") || !names[l.From] {
+			t.Fatalf("classroom client got %+v (after %v)", l, got)
+		}
+		got[l.Text] = true
+	}
+	// Nothing came twice: the next line it gets is a new one.
+	socks[0].send("the end")
+	if l := class.next(); l.Text != "the end" {
+		t.Fatalf("classroom client got %+v, want the end", l)
+	}
 }
 
 // A hub that dies leaves records nobody refreshes; another hub sweeps them

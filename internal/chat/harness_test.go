@@ -103,7 +103,7 @@ func (o *output) waitFor(t *testing.T, what string, cond func(string) bool) {
 // waitLine waits for an exact line.
 func (o *output) waitLine(t *testing.T, line string) {
 	t.Helper()
-	o.waitFor(t, strconv(line), func(s string) bool { return hasLine(s, line) })
+	o.waitFor(t, quote(line), func(s string) bool { return hasLine(s, line) })
 }
 
 func hasLine(s, line string) bool {
@@ -125,7 +125,7 @@ func count(s, line string) int {
 	return n
 }
 
-func strconv(s string) string { b, _ := json.Marshal(s); return string(b) }
+func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 // lineClient is a line-mode chat client driven through a pipe.
 type lineClient struct {

@@ -49,6 +49,11 @@ const (
 	dmPrefix       = "chat.dm."
 )
 
+// Lobby is the room everyone starts in: caps chat's default --room, and
+// where a plain-text client is and the classroom's chat meets the rest
+// (classroom.go).
+const Lobby = "lobby"
+
 // RoomTopic is where a room's messages are published.
 func RoomTopic(room string) string { return roomPrefix + room }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 //
 //	name.<name>         → record: the session holding the name
 //	room.<room>.<name>  → record: that name is in the room
+//	guests.last         → the number of the last guest name handed out
 //
 // Each hub writes the records of its own sessions and rewrites them every
 // ttl/3. A record not rewritten for ttl belongs to a hub that died; any hub
@@ -36,7 +38,12 @@ type record struct {
 	Since   time.Time `json:"since"`
 }
 
-func nameKey(name string) string         { return "name." + name }
+func nameKey(name string) string { return "name." + name }
+
+// guestKey holds the number of the last guest name handed out (a decimal
+// number, not a record): guest names count up across the cluster.
+const guestKey = "guests.last"
+
 func memberKey(room, name string) string { return "room." + room + "." + name }
 
 // errTaken: another live session holds the name.
@@ -212,8 +219,8 @@ func (p *presenceStore) sweep(ctx context.Context) ([]record, error) {
 	}
 	var gone []record
 	for _, e := range es {
-		if !e.old {
-			continue
+		if !e.old || e.key == guestKey {
+			continue // the guest counter is not a record: it lives as long as the bucket keeps it
 		}
 		if p.kv.Delete(ctx, e.key, jetstream.LastRevision(e.rev)) != nil {
 			continue // refreshed or removed meanwhile
@@ -223,4 +230,32 @@ func (p *presenceStore) sweep(ctx context.Context) ([]record, error) {
 		}
 	}
 	return gone, nil
+}
+
+// nextGuest returns the number of the next guest name: one more than the
+// last, shared by every hub (compare-and-set on guestKey). The number only
+// makes names likely to be free; claiming the name makes it certain.
+func (p *presenceStore) nextGuest(ctx context.Context) (uint64, error) {
+	for range 8 {
+		e, err := p.kv.Get(ctx, guestKey)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			_, err = p.kv.Create(ctx, guestKey, []byte("1"))
+			if err == nil {
+				return 1, nil
+			}
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue // another hub counted first
+			}
+		}
+		if err != nil {
+			return 0, fmt.Errorf("count guests: %w", err)
+		}
+		n, _ := strconv.ParseUint(string(e.Value()), 10, 64)
+		n++
+		if _, err := p.kv.Update(ctx, guestKey, []byte(strconv.FormatUint(n, 10)), e.Revision()); err == nil {
+			return n, nil
+		}
+		// Another hub counted meanwhile: count again.
+	}
+	return 0, errors.New("count guests: the counter keeps changing")
 }
