@@ -277,7 +277,8 @@ func (s *Session) send(b []byte) bool {
 		s.mu.Unlock()
 		if s.fail(protocol.CodeSlowConsumer, fmt.Sprintf("more than %d bytes waiting to be read", s.hub.cfg.MaxPending)) {
 			s.hub.metrics.slowConsumers.Inc()
-			s.hub.log.Warn("slow consumer disconnected", "id", s.info.ID, "name", s.info.Name, "pending_bytes", s.hub.cfg.MaxPending)
+			info := s.infoSnapshot() // send runs on any goroutine; the read loop may be renaming the session
+			s.hub.log.Warn("slow consumer disconnected", "id", info.ID, "name", info.Name, "pending_bytes", s.hub.cfg.MaxPending)
 		}
 		return false
 	}

@@ -239,17 +239,20 @@ func (c *textConn) run(first *firstLine) error {
 			return err
 		}
 	}
+	waiting := false // the read deadline is joinAt
 	for {
-		if !c.ready {
+		if !c.ready && !waiting {
 			_ = s.conn.SetReadDeadline(joinAt)
+			waiting = true
+		} else if c.ready && waiting {
+			_ = s.conn.SetReadDeadline(time.Time{})
+			waiting = false
 		}
 		line, err := c.rd.next()
 		switch {
 		case err == nil, errors.Is(err, errLineTooLong), errors.Is(err, errNotUTF8):
 		case isTimeout(err) && !c.ready:
-			// Silent so far: it is in, whatever it says later.
-			_ = s.conn.SetReadDeadline(time.Time{})
-			c.makeReady()
+			c.makeReady() // silent so far: it is in, whatever it says later
 			continue
 		default:
 			return err // the connection ended

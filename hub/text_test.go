@@ -269,14 +269,17 @@ func TestTextHTTPOnTheClientPort(t *testing.T) {
 // who says nothing is made ready after a moment.
 func TestTextPort(t *testing.T) {
 	h := startTalkHub(t, func(c *hub.Config) { c.TextAddr = "127.0.0.1:0" })
-	a := dialText(t, h.TextAddr())
-	a.expectLines("hello visitor-1", "ready as visitor-1") // without sending a byte
 	b := dialText(t, h.TextAddr())
-	b.expectLines("hello visitor-2")
+	b.expectLines("hello visitor-1")
 	b.send("name carol\n")
 	b.expectLines("renamed carol", "ready as carol")
+	a := dialText(t, h.TextAddr())
+	a.expectLines("hello visitor-2", "ready as visitor-2") // without sending a byte
+	// Well after the moment a silent client is made ready, one that spoke
+	// early still talks.
 	b.send("say hi\n")
 	a.expectLines("talk.carol: hi")
+	b.expectLines("talk.carol: hi")
 }
 
 // TestTextGuestNameTaken: a guest name a connect hook finds taken is
