@@ -28,8 +28,8 @@ type SessionInfo struct {
 	Attrs  map[string]string `json:"attrs,omitempty"`
 	Remote string            `json:"remote"`
 	Hub    string            `json:"hub"`
-	// Dialect is the wire format the client speaks: "caps" (frames) or
-	// "classroom" (bare JSON objects).
+	// Dialect is the wire format the client speaks: "caps" (frames),
+	// "classroom" (bare JSON objects) or "text" (lines, from nc or telnet).
 	Dialect string `json:"dialect"`
 	// Transport is how it is connected: "tcp", "tls" or "websocket".
 	Transport string    `json:"transport"`

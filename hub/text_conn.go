@@ -81,7 +81,9 @@ var errTextClosed = errors.New("session closed")
 
 // serveText runs a text connection. atPort says the hub speaks first (the
 // text-only port): a newcomer is greeted at once. Otherwise the client has
-// sent its first bytes already, on the client port.
+// sent its first bytes already, on the client port. The hub serves text
+// (textAllowed) whenever it gets here: pickDialect and the classroom's
+// hand-over check, and Start refuses a text port otherwise.
 func (h *Hub) serveText(s *Session, br *bufio.Reader, atPort bool) {
 	conn := s.conn
 	app := h.textApp()
@@ -95,10 +97,6 @@ func (h *Hub) serveText(s *Session, br *bufio.Reader, atPort bool) {
 	c.api = &TextConn{c: c}
 	s.dialect, s.native, s.writer, s.heartbeats = c, false, nil, false
 	s.info.Dialect = "text"
-	if app == nil || !h.textAllowed() {
-		c.refuse(protocol.CodeTextDisabled, "this hub does not serve text clients: "+h.errTextOff().Error())
-		return
-	}
 	if tc := tcpOf(conn); tc != nil {
 		// A person cannot answer heartbeats; dead peers are found by TCP
 		// keepalive instead.

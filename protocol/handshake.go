@@ -99,7 +99,6 @@ const (
 	CodeShuttingDown      = "shutting_down"      // hub is stopping
 	CodeInternal          = "internal"           // hub bug or engine failure
 	CodeClassroomDisabled = "classroom_disabled" // classroom dialect refused; fatal
-	CodeTextDisabled      = "text_disabled"      // text dialect not served; fatal
 	CodeTooLarge          = "too_large"          // payload over its topic's size limit (app schema or stream)
 	CodeStoreFull         = "store_full"         // the topic's stream or bucket is at its limit and keeps what it has
 	CodeTooManyRooms      = "too_many_rooms"     // chat: rooms per client or rooms in total
