@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"io"
+	"net"
 	"os/exec"
 	"strings"
 	"testing"
@@ -37,18 +39,33 @@ func (c *chatProcess) say(t *testing.T, line string) {
 	}
 }
 
-// Two `caps chat` processes talk through `caps hub`; one is killed with
-// SIGKILL and the other sees it leave; the end of input exits 0; a taken
-// name exits non-zero with one clear line.
+// Two `caps chat` processes talk through `caps hub`, and with a person on
+// its text port (--text-addr); one is killed with SIGKILL and the other
+// sees it leave; the end of input exits 0; a taken name exits non-zero
+// with one clear line.
 func TestChatProcesses(t *testing.T) {
 	bin := buildCaps(t)
-	addr, _, events := startHubProcess(t, bin, t.TempDir())
+	textAddr := freeAddr(t)
+	addr, _, events := startHubProcess(t, bin, t.TempDir(), "--text-addr", textAddr)
 	const wait = 20 * time.Second
 
 	alice := startChatProcess(t, bin, addr, "alice")
 	alice.out.waitFor(t, "[lobby] * alice joined", wait)
 	bob := startChatProcess(t, bin, addr, "bob", "--room", "lobby")
 	alice.out.waitFor(t, "[lobby] * bob joined", wait)
+
+	nc, err := net.DialTimeout("tcp", textAddr, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetReadDeadline(time.Now().Add(wait))
+	greeting, err := bufio.NewReader(nc).ReadString('\n')
+	if err != nil || !strings.HasPrefix(greeting, "* welcome to CAPS chat, you are guest-") {
+		t.Fatalf("the text port greeted %q (%v)", greeting, err)
+	}
+	io.WriteString(nc, "@nickname nora\r\nhi from nc\r\n")
+	alice.out.waitFor(t, "[lobby] nora: hi from nc", wait)
 
 	alice.say(t, "hello bob")
 	bob.out.waitFor(t, "[lobby] alice: hello bob", wait)
