@@ -162,7 +162,11 @@ func run(ctx context.Context, u user, table []command, sign, line string) (quit 
 	name, rest, _ := strings.Cut(line, " ")
 	cmd, ok := find(table, name)
 	if !ok {
-		u.fail(fmt.Errorf("unknown command %s%s; %shelp lists them (%s%s sends a line starting with %s)", sign, name, sign, sign, sign, sign))
+		err := fmt.Errorf("unknown command %s%s; %shelp lists them", sign, name, sign)
+		if sign == "@" { // "@alice hi" is how many people address someone
+			err = fmt.Errorf("%w (@@ sends a line starting with @)", err)
+		}
+		u.fail(err)
 		return false
 	}
 	var a commandArgs

@@ -295,6 +295,7 @@ func TestTextGuestsRenameAndCommands(t *testing.T) {
 	carol := dialTextSock(t, addr)
 	carol.send("@nickname carol", "here")
 	alice.out.waitLine(t, "[lobby] carol: here")
+	carol.out.waitLine(t, "[lobby] carol: here")
 	other := strings.TrimPrefix(strings.Split(carol.out.String(), "\n")[0], "* welcome to CAPS chat, you are ")
 	if other == guest || !strings.HasPrefix(other, "guest-") {
 		t.Fatalf("second guest named %q, first %q", other, guest)
