@@ -301,8 +301,8 @@ func (workApp) Setup(ctx context.Context, h *hub.Host) error {
 	if err := h.AddStream(ctx, hub.StreamSpec{Name: "WORK", Topics: []string{"work.>"}}); err != nil {
 		return err
 	}
-	h.Grant(protocol.RoleDriver, hub.Permissions{Publish: []string{"work.done.*"}, Subscribe: []string{"work.todo.*"}})
-	h.Grant(protocol.RoleVendor, hub.Permissions{Publish: []string{"work.todo.{store}"}, Subscribe: []string{"work.done.{store}"}})
+	h.Grant(protocol.RoleDriver, hub.Permissions{Publish: []string{"work.done.*"}, Subscribe: []string{"work.todo.*"}, Durable: []string{"workers"}})
+	h.Grant(protocol.RoleVendor, hub.Permissions{Publish: []string{"work.todo.{store}"}, Subscribe: []string{"work.done.{store}"}, Durable: []string{"shop-{store}"}})
 	return nil
 }
 

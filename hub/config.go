@@ -95,7 +95,21 @@ type Config struct {
 	Heartbeat        time.Duration // ping interval when idle; dead after 2× (default 10s)
 	AckWait          time.Duration // durable redelivery when not acknowledged (default 30s)
 	MaxInFlight      int           // unacknowledged durable deliveries per session (default 64)
-	ShutdownTimeout  time.Duration // drain deadline on shutdown (default 10s)
+
+	// MaxDurablesPerIdentity bounds the durables one identity (role and
+	// name) has created and the engine still keeps, across the cluster
+	// (default 32); MaxDurables the durables (consumers) of one stream
+	// (default 10000). DurableIdle is how long the engine keeps a durable
+	// of a session's own with no member (default 24h; shared ones, a work
+	// queue or a mailbox, 30 days). docs/SECURITY.md.
+	MaxDurablesPerIdentity int
+	MaxDurables            int
+	DurableIdle            time.Duration
+	// MaxSubsPerIdentity bounds the subscriptions of all the sessions of
+	// one identity on this hub together (default 10000; MaxSubs bounds
+	// one connection's).
+	MaxSubsPerIdentity int
+	ShutdownTimeout    time.Duration // drain deadline on shutdown (default 10s)
 
 	// Quiet turns off the EVENT lines.
 	Quiet bool
@@ -185,6 +199,18 @@ func (c *Config) withDefaults() {
 	}
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = 64
+	}
+	if c.MaxDurablesPerIdentity <= 0 {
+		c.MaxDurablesPerIdentity = 32
+	}
+	if c.MaxDurables <= 0 {
+		c.MaxDurables = 10000
+	}
+	if c.DurableIdle <= 0 {
+		c.DurableIdle = 24 * time.Hour
+	}
+	if c.MaxSubsPerIdentity <= 0 {
+		c.MaxSubsPerIdentity = 10000
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second

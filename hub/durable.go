@@ -37,7 +37,17 @@ type durables struct {
 	nextID   atomic.Uint64
 	// ensure looks up (or creates) a consumer: ensureConsumer, which a test
 	// of this package replaces to make one engine call slow.
-	ensure func(ctx context.Context, stream, name string, sb subRequest) error
+	ensure func(ctx context.Context, c consumerSpec) error
+}
+
+// consumerSpec is the consumer behind a durable subscription.
+type consumerSpec struct {
+	stream, name string
+	sb           subRequest
+	// owner is the identity that subscribed; private: the durable is its
+	// own (durable_limits.go), not one its permissions share.
+	owner   Identity
+	private bool
 }
 
 type durableGroup struct {
@@ -95,12 +105,28 @@ func (d *durables) join(ctx context.Context, s *Session, sb subRequest) (*durabl
 	if !d.h.EngineReady() {
 		return nil, Reject(protocol.CodeUnavailable, "the engine is unavailable")
 	}
+	// Joining a shared durable takes a grant of its name (Permissions.Durable):
+	// reading a work queue's topics is not the right to take its work. A
+	// name not granted is the session's own, a consumer private to its
+	// identity — unless some role is granted that name, which is refused,
+	// so that nobody thinks they joined the drivers' queue while they read
+	// a copy of it.
+	shared := s.perms.Load().sharesDurable(sb.Durable)
+	if !shared && d.h.reservedDurable(sb.Durable) {
+		return nil, Reject(protocol.CodeForbidden, fmt.Sprintf("durable %q is shared by the sessions granted it, and %s %q is not: subscribe without a durable name, or with a name of your own",
+			sb.Durable, s.info.Role, s.info.Name))
+	}
 	// The consumer is named after the durable name and the pattern together:
 	// one client cannot squat another's durable by creating it first on a
 	// pattern of its own, because a different pattern is a different
 	// consumer. Sharing a durable therefore takes the right to subscribe to
 	// its very pattern.
+	spec := consumerSpec{stream: stream, sb: sb, owner: s.ident, private: !shared}
 	name := ConsumerName(sb.Durable, sb.Pattern)
+	if spec.private {
+		name = privateConsumerName(s.ident, sb.Durable, sb.Pattern)
+	}
+	spec.name = name
 	for {
 		d.mu.Lock()
 		if g := d.groups[name]; g != nil {
@@ -122,7 +148,7 @@ func (d *durables) join(ctx context.Context, s *Session, sb subRequest) (*durabl
 		d.creating[name] = done
 		d.mu.Unlock()
 
-		err := d.ensure(ctx, stream, name, sb) // no lock held: other durables go on
+		err := d.ensure(ctx, spec) // no lock held: other durables go on
 
 		d.mu.Lock()
 		delete(d.creating, name)
@@ -161,10 +187,11 @@ func (g *durableGroup) add(s *Session, sb subRequest, d *durables) *durableMembe
 	return m
 }
 
-// ensureConsumer looks up the consumer, or creates it. An existing one must
-// be bound to sb's pattern.
-func (d *durables) ensureConsumer(ctx context.Context, stream, name string, sb subRequest) error {
+// ensureConsumer looks up the consumer, or creates it within the limits
+// (durable_limits.go). An existing one must be bound to sb's pattern.
+func (d *durables) ensureConsumer(ctx context.Context, spec consumerSpec) error {
 	js := d.h.eng.JS
+	stream, name, sb := spec.stream, spec.name, spec.sb
 	c, err := js.Consumer(ctx, stream, name)
 	if err == nil {
 		info := c.CachedInfo()
@@ -190,6 +217,14 @@ func (d *durables) ensureConsumer(ctx context.Context, stream, name string, sb s
 	if sb.DeliverAll {
 		deliver = jetstream.DeliverAllPolicy
 	}
+	idle := sharedDurableIdle
+	if spec.private {
+		idle = d.h.cfg.DurableIdle
+	}
+	release, err := d.h.registry.reserve(ctx, spec.owner, stream, name)
+	if err != nil {
+		return err
+	}
 	_, err = js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:           name,
 		FilterSubject:     engine.Subject(sb.Pattern),
@@ -198,11 +233,12 @@ func (d *durables) ensureConsumer(ctx context.Context, stream, name string, sb s
 		DeliverPolicy:     deliver,
 		MaxDeliver:        -1,
 		MaxAckPending:     10000,
-		InactiveThreshold: consumerInactive,
+		InactiveThreshold: idle,
 		// Replicas 0: the consumer inherits its stream's replica count, which
 		// may differ from the engine's default (an existing stream keeps its own).
 	})
 	if err != nil {
+		release()
 		return Reject(protocol.CodeUnavailable, fmt.Sprintf("create consumer %s: %v", name, err))
 	}
 	return nil
@@ -264,8 +300,13 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 	payload := msg.Data()
 	h := g.d.h
 	// Hand out only what is on disk: with group sync the engine syncs after
-	// storing (a round always ends: it syncs or fails).
-	if err := h.eng.WaitDurable(context.Background(), meta.Timestamp); err != nil {
+	// storing. A round ends when it has synced or failed; a disk that hangs
+	// must not hold the durable's consumer for ever, so the wait is bounded
+	// and the message offered again after it.
+	wctx, cancel := context.WithTimeout(context.Background(), durableSyncTimeout)
+	err = h.eng.WaitDurable(wctx, meta.Timestamp)
+	cancel()
+	if err != nil {
 		_ = msg.NakWithDelay(refusedRedelivery)
 		return
 	}
@@ -318,7 +359,7 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 		if meta.NumDelivered > 1 {
 			f.Flags |= protocol.FlagRedelivered
 		}
-		if k := msg.Headers().Get(nats.MsgIdHdr); k != "" {
+		if k := clientKey(msg.Headers().Get(nats.MsgIdHdr)); k != "" {
 			f.Key = []byte(k)
 		}
 		frame := f.Encode()

@@ -75,8 +75,8 @@ func TestSlowConsumerCreationBlocksOnlyItsDurable(t *testing.T) {
 		Logger: slog.New(slog.DiscardHandler), Apps: []App{storeApp{}}})
 	stuck, release := make(chan struct{}), make(chan struct{})
 	ensure := h.durables.ensure
-	h.durables.ensure = func(ctx context.Context, stream, name string, sb subRequest) error {
-		if sb.Durable == "slow" {
+	h.durables.ensure = func(ctx context.Context, c consumerSpec) error {
+		if c.sb.Durable == "slow" {
 			select {
 			case stuck <- struct{}{}:
 			default:
@@ -87,7 +87,7 @@ func TestSlowConsumerCreationBlocksOnlyItsDurable(t *testing.T) {
 				return ctx.Err()
 			}
 		}
-		return ensure(ctx, stream, name, sb)
+		return ensure(ctx, c)
 	}
 	if err := h.Start(context.Background()); err != nil {
 		t.Fatal(err)

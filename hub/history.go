@@ -1,9 +1,15 @@
 package hub
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -96,4 +102,183 @@ func (h *Hub) subscribeWithHistory(s *Session, ts *topicSub, send func() (map[st
 		s.notify(protocol.CodeSlowConsumer, "too many live messages arrived while the history was read; some were dropped")
 	}
 	return err
+}
+
+// sendHistory replays to s, marked FlagHistory, the last n stored messages
+// matching pattern that s may receive (a topic its deny_subscribe
+// patterns match is skipped, as it is live: history is a delivery like any
+// other). It returns the message ids it sent, for the hold (above).
+func (h *Hub) sendHistory(ctx context.Context, s *Session, pattern string, n int, sid uint64) (seen map[string]bool, err error) {
+	stream := h.streamFor([]byte(pattern))
+	if stream == "" {
+		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q has no history", pattern))
+	}
+	msgs, err := h.lastStored(ctx, stream, pattern, n)
+	if err != nil {
+		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
+	}
+	perms := s.perms.Load()
+	ring := make([]jetstream.Msg, 0, min(n, len(msgs)))
+	for _, m := range msgs {
+		if perms.deniedDelivery([]byte(engine.Topic(m.Subject()))) {
+			continue
+		}
+		if len(ring) == n {
+			copy(ring, ring[1:])
+			ring = ring[:n-1]
+		}
+		ring = append(ring, m)
+	}
+	if len(ring) > 0 {
+		// Replay only what is on disk (group sync): the newest message
+		// decides for all of them.
+		if meta, err := ring[len(ring)-1].Metadata(); err == nil {
+			if err := h.eng.WaitDurable(ctx, meta.Timestamp); err != nil {
+				return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
+			}
+		}
+	}
+	for _, m := range ring {
+		meta, _ := m.Metadata()
+		var seq uint64
+		if meta != nil {
+			seq = meta.Sequence.Stream
+		}
+		f := protocol.Frame{
+			Op: protocol.OpMsg, Flags: protocol.FlagHistory, ID: sid, Seq: seq,
+			Topic: []byte(engine.Topic(m.Subject())), Key: []byte(clientKey(m.Headers().Get(nats.MsgIdHdr))), Payload: m.Data(),
+		}
+		if len(f.Key) > 0 {
+			if seen == nil {
+				seen = map[string]bool{}
+			}
+			seen[string(f.Key)] = true
+		}
+		s.deliverNow(f.Encode(), &f)
+	}
+	return seen, nil
+}
+
+// lastStored reads the last n messages of stream matching pattern, or a
+// few more (at most 2n; history filters some out), oldest first. The work
+// is bounded by n, not by the stream: a pattern with few messages is read
+// whole, and one with many is read from a start sequence found by counting
+// (the engine counts a filter's messages from a sequence without reading
+// them): back from the end by doubling steps until n are in reach, then by
+// halving to a start with n to 2n after it. A stream of a million messages
+// costs some forty counts and 2n reads, instead of a million reads — a
+// stall any subscriber could cause (issue 12, item 1).
+func (h *Hub) lastStored(ctx context.Context, stream, pattern string, n int) ([]jetstream.Msg, error) {
+	filter := engine.Subject(pattern)
+	pending := func(start uint64) (uint64, error) {
+		c, err := h.historyConsumer(ctx, stream, filter, start)
+		if err != nil {
+			return 0, err
+		}
+		defer h.dropConsumer(stream, c)
+		return c.CachedInfo().NumPending, nil
+	}
+	want := uint64(n)
+	c, err := h.historyConsumer(ctx, stream, filter, 1)
+	if err != nil {
+		return nil, err
+	}
+	if c.CachedInfo().NumPending > 2*want {
+		h.dropConsumer(stream, c)
+		str, err := h.eng.JS.Stream(ctx, stream)
+		if err != nil {
+			return nil, err
+		}
+		st := str.CachedInfo().State
+		// lo: a start with at least n after it; hi: one with fewer.
+		lo, hi := st.FirstSeq, st.LastSeq+1
+		for span := 2 * want; ; span *= 2 {
+			if span >= st.LastSeq-st.FirstSeq+1 {
+				break // lo = FirstSeq: it has all (more than 2n)
+			}
+			s := st.LastSeq - span + 1
+			p, err := pending(s)
+			if err != nil {
+				return nil, err
+			}
+			if p >= want {
+				lo = s
+				if p <= 2*want {
+					hi = lo
+				}
+				break
+			}
+			hi = s
+		}
+		for hi > lo+1 {
+			mid := lo + (hi-lo)/2
+			p, err := pending(mid)
+			if err != nil {
+				return nil, err
+			}
+			if p < want {
+				hi = mid
+				continue
+			}
+			lo = mid
+			if p <= 2*want {
+				break
+			}
+		}
+		if c, err = h.historyConsumer(ctx, stream, filter, lo); err != nil {
+			return nil, err
+		}
+	}
+	defer h.dropConsumer(stream, c)
+	left := int(min(c.CachedInfo().NumPending, 2*want+1))
+	out := make([]jetstream.Msg, 0, left)
+	for left > 0 {
+		batch, err := c.Fetch(min(left, 256), jetstream.FetchMaxWait(historyFetchWait))
+		if err != nil {
+			return nil, err
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			out = append(out, m)
+		}
+		if got == 0 {
+			break
+		}
+		left -= got
+	}
+	if len(out) > 2*n {
+		out = out[len(out)-2*n:]
+	}
+	return out, nil
+}
+
+// historyConsumer creates a short-lived consumer reading filter's messages
+// of stream from sequence start, for lastStored. It holds no state the
+// engine must keep (no acknowledgements, in memory) and is deleted after
+// use (dropConsumer); if the hub dies first, the engine deletes it once
+// it has been idle for historyConsumerIdle.
+func (h *Hub) historyConsumer(ctx context.Context, stream, filter string, start uint64) (jetstream.Consumer, error) {
+	cfg := jetstream.ConsumerConfig{
+		FilterSubject:     filter,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: historyConsumerIdle,
+	}
+	if start > 1 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
+	}
+	return h.eng.JS.CreateConsumer(ctx, stream, cfg)
+}
+
+// dropConsumer deletes a consumer lastStored made, within its own deadline
+// (the request's may have run out).
+func (h *Hub) dropConsumer(stream string, c jetstream.Consumer) {
+	ctx, cancel := context.WithTimeout(context.Background(), engineCallTimeout)
+	defer cancel()
+	if err := h.eng.JS.DeleteConsumer(ctx, stream, c.CachedInfo().Name); err != nil && !engine.IsNotFound(err) {
+		h.log.Debug("delete history consumer", "stream", stream, "err", err)
+	}
 }

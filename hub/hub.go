@@ -55,8 +55,13 @@ type Hub struct {
 
 	router   *router
 	durables *durables
-	metrics  *Metrics
-	events   *eventLog
+	registry *durableRegistry // durables per identity (durable_limits.go)
+	// sharedDurables are the durable names some role is granted (set by
+	// Start once the apps have granted theirs): no other session may use
+	// them for a durable of its own.
+	sharedDurables []string
+	metrics        *Metrics
+	events         *eventLog
 
 	ready     chan struct{}
 	addr      atomic.Value // net.Addr
@@ -64,6 +69,7 @@ type Hub struct {
 	httpAddr  atomic.Value // net.Addr
 	mu        sync.Mutex
 	sessions  map[string]*Session
+	identSubs counts // subscriptions per identity (Config.MaxSubsPerIdentity)
 	conns     sync.WaitGroup
 	nconns    atomic.Int64
 	stopping  atomic.Bool
@@ -250,6 +256,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	if !abort() {
 		return fmt.Errorf("hub start: %w", ctx.Err())
 	}
+	h.sharedDurables = h.policy.sharedDurables()
 
 	ln, err := net.Listen("tcp", h.cfg.Addr)
 	if err != nil {
@@ -512,9 +519,13 @@ func (h *Hub) watchEngine() {
 // EngineReady reports whether the engine is reachable.
 func (h *Hub) EngineReady() bool { return h.engineOK.Load() && h.eng != nil && h.eng.Ready() }
 
-// setupCore declares the hub's own stream: connection events.
+// setupCore declares the hub's own stream (connection events) and bucket
+// (durables per identity).
 func (h *Hub) setupCore(ctx context.Context, x *Host) error {
 	h.setupClassroom(x)
+	if err := h.setupDurables(ctx); err != nil {
+		return err
+	}
 	return x.AddStream(ctx, StreamSpec{
 		Name: "CAPS_CLIENTS", Topics: []string{"client.>"},
 		MaxAge: h.cfg.ClientsMaxAge, MaxBytes: h.cfg.ClientsMaxBytes, MaxMsgSize: clientEventMaxSize,

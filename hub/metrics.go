@@ -130,6 +130,7 @@ func (m *Metrics) observe(h *Hub) {
 type streamCollector struct {
 	h                                       *Hub
 	bytes, msgs, subjects, maxBytes, maxAge *prometheus.Desc
+	consumers                               *prometheus.Desc
 }
 
 func newStreamCollector(h *Hub) *streamCollector {
@@ -141,6 +142,8 @@ func newStreamCollector(h *Hub) *streamCollector {
 		subjects: prometheus.NewDesc("caps_stream_subjects", "Distinct subjects (topics, keys) in a stream or bucket: for CHAT_ROOMS, rooms with history.", l, nil),
 		maxBytes: prometheus.NewDesc("caps_stream_max_bytes", "A stream's or bucket's byte limit (absent when it has none).", l, nil),
 		maxAge:   prometheus.NewDesc("caps_stream_max_age_seconds", "How long a stream or bucket keeps a message (absent when for ever).", l, nil),
+		consumers: prometheus.NewDesc("caps_stream_consumers",
+			"Consumers of a stream: durables (limited by --max-durables) and the short-lived ones reading a history.", l, nil),
 	}
 }
 
@@ -150,6 +153,7 @@ func (c *streamCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.subjects
 	ch <- c.maxBytes
 	ch <- c.maxAge
+	ch <- c.consumers
 }
 
 func (c *streamCollector) Collect(ch chan<- prometheus.Metric) {
@@ -164,6 +168,7 @@ func (c *streamCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(info.State.Bytes), name)
 		ch <- prometheus.MustNewConstMetric(c.msgs, prometheus.GaugeValue, float64(info.State.Msgs), name)
 		ch <- prometheus.MustNewConstMetric(c.subjects, prometheus.GaugeValue, float64(info.State.NumSubjects), name)
+		ch <- prometheus.MustNewConstMetric(c.consumers, prometheus.GaugeValue, float64(info.State.Consumers), name)
 		if info.Config.MaxBytes > 0 {
 			ch <- prometheus.MustNewConstMetric(c.maxBytes, prometheus.GaugeValue, float64(info.Config.MaxBytes), name)
 		}

@@ -52,23 +52,35 @@ type Authenticator interface {
 // checked anew (Hub.Reauthenticate).
 type IdentifyHook func(id Identity) Identity
 
-// Permissions lists the topic patterns a session may publish and subscribe to.
+// Permissions lists the topic patterns a session may publish and subscribe to,
+// and the shared durable subscriptions it may join.
 // Patterns may contain placeholders: {name} is the session's name, {key} its
 // attribute key (Identity.Attrs). A pattern whose placeholder the identity
 // cannot fill (no such attribute, or a value that is not a valid name) is
 // left out: it allows, or denies, nothing. Deny patterns win over allow
 // patterns; a subscription that overlaps a denied pattern is accepted but
-// never receives its messages.
+// never receives its messages (live, durable or history).
+//
+// Durable lists the durable names (placeholders allowed; "*" alone is any
+// name, a trailing "*" any name with that prefix) the session shares with
+// every other session granted the same name: the drivers' work queue, a
+// store's mailbox. Reading a topic is not the right to join its queue: a
+// durable name not granted is the session's own — a consumer private to
+// its role and name, which no other identity reaches — and a name some
+// role is granted (the hub's policy, RolePolicy) is refused to the others.
+// nil (omitted in an auth file) is the role's grants; an empty list is none.
 type Permissions struct {
 	Publish       []string `json:"publish" yaml:"publish"`
 	Subscribe     []string `json:"subscribe" yaml:"subscribe"`
 	DenyPublish   []string `json:"deny_publish,omitempty" yaml:"deny_publish"`
 	DenySubscribe []string `json:"deny_subscribe,omitempty" yaml:"deny_subscribe"`
+	Durable       []string `json:"durable,omitempty" yaml:"durable"`
 }
 
 // compiled permissions, with placeholders filled in.
 type perms struct {
 	pub, sub, denyPub, denySub [][]byte
+	durable                    []string
 }
 
 func (p *Permissions) compile(id Identity) *perms {
@@ -81,7 +93,31 @@ func (p *Permissions) compile(id Identity) *perms {
 		}
 		return out
 	}
-	return &perms{pub: fill(p.Publish), sub: fill(p.Subscribe), denyPub: fill(p.DenyPublish), denySub: fill(p.DenySubscribe)}
+	out := &perms{pub: fill(p.Publish), sub: fill(p.Subscribe), denyPub: fill(p.DenyPublish), denySub: fill(p.DenySubscribe)}
+	for _, d := range fill(p.Durable) {
+		out.durable = append(out.durable, string(d))
+	}
+	return out
+}
+
+// sharesDurable reports whether durable name is one the session shares
+// with others granted it (Permissions.Durable).
+func (p *perms) sharesDurable(name string) bool {
+	for _, g := range p.durable {
+		if durableGrantMatches(g, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// durableGrantMatches reports whether grant (a name, "*", or a prefix
+// ending in "*") covers durable name.
+func durableGrantMatches(grant, name string) bool {
+	if prefix, glob := strings.CutSuffix(grant, "*"); glob {
+		return strings.HasPrefix(name, prefix)
+	}
+	return grant == name
 }
 
 // fillPlaceholders replaces {name} and {attr} in pattern. A value must be
@@ -172,6 +208,26 @@ func (rp RolePolicy) grant(role string, p Permissions) {
 	cur.Subscribe = append(cur.Subscribe, p.Subscribe...)
 	cur.DenyPublish = append(cur.DenyPublish, p.DenyPublish...)
 	cur.DenySubscribe = append(cur.DenySubscribe, p.DenySubscribe...)
+	cur.Durable = append(cur.Durable, p.Durable...)
+}
+
+// sharedDurables returns, as grants (durableGrantMatches), the durable
+// names the policy shares among the sessions of some role — a placeholder
+// becomes "*": the names no other session may take for its own. A grant
+// of any name ("*") reserves none.
+func (rp RolePolicy) sharedDurables() []string {
+	var out []string
+	for _, p := range rp {
+		for _, g := range p.Durable {
+			if i := strings.IndexByte(g, '{'); i >= 0 {
+				g = g[:i] + "*"
+			}
+			if g != "*" && g != "" {
+				out = append(out, g)
+			}
+		}
+	}
+	return out
 }
 
 // of returns the role's permissions (none for a role nobody granted anything).
@@ -191,6 +247,8 @@ func defaultPolicy() RolePolicy {
 	return RolePolicy{
 		protocol.RoleAdmin:  {Publish: []string{">"}, Subscribe: []string{">"}, DenyPublish: []string{"client.>"}},
 		protocol.RoleLogger: {Subscribe: []string{">"}},
-		protocol.RoleClient: {Publish: []string{">"}, Subscribe: []string{">"}, DenyPublish: []string{"client.>"}, DenySubscribe: []string{"client.>"}},
+		// Generic clients share durables by name among themselves (a work
+		// queue of their own), on the topics they may read.
+		protocol.RoleClient: {Publish: []string{">"}, Subscribe: []string{">"}, DenyPublish: []string{"client.>"}, DenySubscribe: []string{"client.>"}, Durable: []string{"*"}},
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"unsafe"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/protocol"
@@ -133,76 +132,6 @@ func (h *Hub) publishLive(topic, key, payload []byte) error {
 	var buf [len(engine.SubjectPrefix) + protocol.MaxTopicLen]byte
 	subj := append(append(buf[:0], engine.SubjectPrefix...), topic...)
 	return h.eng.NC.Publish(unsafe.String(unsafe.SliceData(subj), len(subj)), payload)
-}
-
-// sendHistory replays the last n stored messages matching pattern to s,
-// marked FlagHistory, before its live subscription starts.
-func (h *Hub) sendHistory(ctx context.Context, s *Session, pattern string, n int, sid uint64) (seen map[string]bool, err error) {
-	stream := h.streamFor([]byte(pattern))
-	if stream == "" {
-		return nil, Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q has no history", pattern))
-	}
-	cons, err := h.eng.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{engine.Subject(pattern)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
-	}
-	info := cons.CachedInfo()
-	pending := int(info.NumPending)
-	if pending == 0 {
-		return nil, nil
-	}
-	ring := make([]jetstream.Msg, 0, n)
-	for read := 0; read < pending; {
-		batch, err := cons.Fetch(min(pending-read, 256), jetstream.FetchMaxWait(historyFetchWait))
-		if err != nil {
-			return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			if len(ring) == n {
-				copy(ring, ring[1:])
-				ring = ring[:n-1]
-			}
-			ring = append(ring, m)
-		}
-		if got == 0 {
-			break
-		}
-		read += got
-	}
-	if len(ring) > 0 {
-		// Replay only what is on disk (group sync): the newest message
-		// decides for all of them.
-		if meta, err := ring[len(ring)-1].Metadata(); err == nil {
-			if err := h.eng.WaitDurable(ctx, meta.Timestamp); err != nil {
-				return nil, Reject(protocol.CodeUnavailable, fmt.Sprintf("history of %s: %v", pattern, err))
-			}
-		}
-	}
-	for _, m := range ring {
-		meta, _ := m.Metadata()
-		var seq uint64
-		if meta != nil {
-			seq = meta.Sequence.Stream
-		}
-		f := protocol.Frame{
-			Op: protocol.OpMsg, Flags: protocol.FlagHistory, Seq: seq,
-			Topic: []byte(engine.Topic(m.Subject())), Key: []byte(m.Headers().Get(nats.MsgIdHdr)), Payload: m.Data(),
-		}
-		f.ID = sid
-		if len(f.Key) > 0 {
-			if seen == nil {
-				seen = map[string]bool{}
-			}
-			seen[string(f.Key)] = true
-		}
-		s.deliverNow(f.Encode(), &f)
-	}
-	return seen, nil
 }
 
 // eventName is how a topic appears in EVENT lines and classroom objects.

@@ -162,7 +162,7 @@ func (ts *topicSub) handler(h *Hub) nats.MsgHandler {
 		}
 		var key string
 		if m.Header != nil {
-			key = m.Header.Get(nats.MsgIdHdr)
+			key = clientKey(m.Header.Get(nats.MsgIdHdr))
 		}
 		// One allocation per message whatever the number of members: the
 		// encoded frame, which f and topic point into.

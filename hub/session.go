@@ -58,6 +58,12 @@ type Session struct {
 	// goroutines copies it with infoSnapshot.
 	infoMu sync.RWMutex
 	ident  Identity
+	// keyScope prefixes the message ids the session stores (msgid.go);
+	// changed with ident, on the read loop.
+	keyScope string
+	// identKey names the identity the session was established as, whose
+	// subscriptions on this hub are counted together (Hub.identSubs).
+	identKey string
 	// expires is when the credentials that proved ident expire (zero:
 	// never); set by establish, read by the heartbeat loop.
 	expires time.Time
@@ -172,6 +178,8 @@ func (s *Session) establish(id Identity, resume string) error {
 	h := s.hub
 	id = h.completeIdentity(id)
 	s.ident = id
+	s.keyScope = keyScope(id)
+	s.identKey = id.Role + "\x00" + id.Name
 	s.expires = id.Expires
 	s.info.ID = uuid.NewString()
 	s.info.Role, s.info.Name, s.info.Attrs = id.Role, id.Name, id.Attrs
@@ -199,11 +207,17 @@ func (h *Hub) completeIdentity(id Identity) Identity {
 	return id
 }
 
-// permissionsOf compiles id's permissions: its own, or its role's.
+// permissionsOf compiles id's permissions: its own, or its role's. Its own
+// without a durable list (an auth file entry written before durables were
+// a permission) keep the role's durable grants.
 func (h *Hub) permissionsOf(id Identity) *perms {
 	p := id.Perms
 	if p == nil {
 		p = h.policy.of(id.Role)
+	} else if p.Durable == nil {
+		own := *p
+		own.Durable = h.policy.of(id.Role).Durable
+		p = &own
 	}
 	return p.compile(id)
 }
@@ -477,6 +491,7 @@ func (s *Session) cleanup() {
 	dur := s.dur
 	s.live = map[uint64]*topicSub{}
 	s.dur = map[uint64]*durableMember{}
+	s.hub.identSubs.give(s.identKey, s.nsubs)
 	s.nsubs = 0
 	s.subMu.Unlock()
 	for _, ts := range live {

@@ -71,20 +71,38 @@ func (s *Session) subscribe(ctx context.Context, sb subRequest, accepted func(si
 	if err := sb.validate(); err != nil {
 		return 0, err
 	}
+	if sb.History > 0 || sb.Durable != "" {
+		// Work for the engine (reading a history, creating a consumer):
+		// rate-limited like publishes and requests.
+		if err := s.allow(); err != nil {
+			return 0, err
+		}
+	}
 	s.subMu.Lock()
 	n := s.nsubs
 	s.subMu.Unlock()
 	if n >= h.cfg.MaxSubs {
 		return 0, Reject(protocol.CodeTooManySubs, fmt.Sprintf("at most %d subscriptions per connection", h.cfg.MaxSubs))
 	}
+	// One subscription of the identity's on this hub, given back if this
+	// one is not made (or is one the session already has).
+	if !h.identSubs.take(s.identKey, h.cfg.MaxSubsPerIdentity) {
+		return 0, Reject(protocol.CodeTooManySubs, fmt.Sprintf("%s %q has %d subscriptions on this hub over all its connections, the most one identity may", s.info.Role, s.info.Name, h.cfg.MaxSubsPerIdentity))
+	}
 	if err := h.runSubHooks(ctx, s, sb.Pattern); err != nil {
+		h.identSubs.give(s.identKey, 1)
 		return 0, withCode(err, protocol.CodeRejected)
 	}
 	if sb.Durable != "" {
-		return s.subscribeDurable(ctx, sb, accepted)
+		sid, err := s.subscribeDurable(ctx, sb, accepted)
+		if err != nil {
+			h.identSubs.give(s.identKey, 1)
+		}
+		return sid, err
 	}
 	ts, err := h.router.open(sb.Pattern, sb.Group)
 	if err != nil {
+		h.identSubs.give(s.identKey, 1)
 		h.runUnsubHooks(s, sb.Pattern)
 		return 0, Reject(protocol.CodeUnavailable, err.Error())
 	}
@@ -92,6 +110,8 @@ func (s *Session) subscribe(ctx context.Context, sb subRequest, accepted func(si
 	if _, dup := s.live[ts.sid]; !dup {
 		s.live[ts.sid] = ts
 		s.nsubs++
+	} else {
+		h.identSubs.give(s.identKey, 1)
 	}
 	s.subMu.Unlock()
 	if accepted != nil {
@@ -146,6 +166,7 @@ func (s *Session) unsubscribe(sid uint64) error {
 	delete(s.dur, sid)
 	if live || dur {
 		s.nsubs--
+		s.hub.identSubs.give(s.identKey, 1)
 	}
 	s.subMu.Unlock()
 	switch {
@@ -211,6 +232,9 @@ func (s *Session) publishNow(ctx context.Context, p pubRequest) (uint64, error) 
 	if !protocol.ValidTopic(p.Topic) {
 		return 0, Reject(protocol.CodeBadTopic, fmt.Sprintf("invalid topic %q", p.Topic))
 	}
+	if len(p.Key) > 0 && !protocol.ValidKey(p.Key) {
+		return 0, Reject(protocol.CodeBadRequest, fmt.Sprintf("bad message id: 1-%d bytes of printable ASCII, no spaces", protocol.MaxKeyLen))
+	}
 	if !s.perms.Load().canPublish(p.Topic) {
 		return 0, Reject(protocol.CodeForbidden, fmt.Sprintf("%s %q may not publish to %q", s.info.Role, s.info.Name, p.Topic))
 	}
@@ -219,7 +243,9 @@ func (s *Session) publishNow(ctx context.Context, p pubRequest) (uint64, error) 
 	}
 	// publishChecked bounds the wait for the engine itself, on stored topics
 	// only: a timer per live publish was a quarter of the hub's allocations.
-	seq, err := h.publishChecked(ctx, p.Topic, p.Key, p.Payload, p.Stored)
+	// The engine gets the client's message id scoped to its identity
+	// (msgid.go), so no client can pre-empt another's.
+	seq, err := h.publishChecked(ctx, p.Topic, scopeKey(s.keyScope, p.Key), p.Payload, p.Stored)
 	if err != nil {
 		return 0, withCode(err, protocol.CodeUnavailable)
 	}
@@ -307,6 +333,7 @@ func (s *Session) reidentify(id Identity) {
 	id = h.completeIdentity(id)
 	old := s.ident
 	s.ident = id
+	s.keyScope = keyScope(id)
 	s.perms.Store(h.permissionsOf(id))
 	s.infoMu.Lock()
 	s.info.Role, s.info.Attrs = id.Role, id.Attrs

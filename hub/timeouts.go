@@ -34,9 +34,20 @@ const (
 	// opening a subscription's history. The same reasoning as storeTimeout.
 	engineCallTimeout = 10 * time.Second
 
+	// durableSyncTimeout bounds how long a durable message waits, before
+	// it is handed to a member, for the group sync that puts it on disk
+	// (a sync takes milliseconds; a disk stuck longer than a stored publish
+	// may wait has the message offered again after refusedRedelivery).
+	durableSyncTimeout = storeTimeout
+
 	// historyFetchWait is how long one fetch of a subscription's history
 	// waits for messages the consumer said were pending.
 	historyFetchWait = 2 * time.Second
+
+	// historyConsumerIdle is how long the engine keeps a consumer made to
+	// read a subscription's history when the hub does not delete it (it
+	// died meanwhile): longer than the read itself may take.
+	historyConsumerIdle = 2 * engineCallTimeout
 
 	// ackConfirmTimeout bounds a confirmed ACK (the engine's answer to a
 	// double ack): an acknowledgement is one small write.
@@ -47,10 +58,12 @@ const (
 	// handler (and is handed back), and then the consumer is stopped.
 	consumerDrainTimeout = 5 * time.Second
 
-	// consumerInactive is how long JetStream keeps a durable's consumer with
-	// nobody subscribed: a vendor offline for weeks is still told of its
-	// deliveries, a durable name used once does not stay for ever.
-	consumerInactive = 30 * 24 * time.Hour
+	// sharedDurableIdle is how long JetStream keeps a shared durable's
+	// consumer (a name the session's permissions share: a work queue, a
+	// store's mailbox) with nobody subscribed: a vendor offline for weeks is
+	// still told of its deliveries, a durable name used once does not stay
+	// for ever. A session's own durables have Config.DurableIdle.
+	sharedDurableIdle = 30 * 24 * time.Hour
 
 	// writeTimeout bounds one batch written to a client: a peer whose
 	// socket takes nothing for this long is gone (the queue limit,

@@ -102,6 +102,7 @@ const (
 	CodeTooLarge          = "too_large"          // payload over its topic's size limit (app schema or stream)
 	CodeStoreFull         = "store_full"         // the topic's stream or bucket is at its limit and keeps what it has
 	CodeTooManyRooms      = "too_many_rooms"     // chat: rooms per client or rooms in total
+	CodeTooManyDurables   = "too_many_durables"  // durables per identity or per stream
 )
 
 // ErrorFrame builds an ERR frame.

@@ -13,6 +13,26 @@ const (
 	reservedStart = '$'
 )
 
+// MaxKeyLen bounds a message id (the key of a PUB): it is stored with the
+// message and kept in the engine's de-duplication window.
+const MaxKeyLen = 256
+
+// ValidKey reports whether k can be a message id: 1–MaxKeyLen bytes of
+// printable ASCII (0x21–0x7e), so that it travels unchanged in an engine
+// header (NATS headers are ASCII text lines; a CR, LF or edge space would
+// be rewritten, and two different keys could become one).
+func ValidKey(k []byte) bool {
+	if len(k) == 0 || len(k) > MaxKeyLen {
+		return false
+	}
+	for _, c := range k {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 // ValidTopic reports whether t is a concrete topic (no wildcards).
 func ValidTopic(t []byte) bool { return validate(t, false) }
 

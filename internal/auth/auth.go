@@ -19,6 +19,16 @@
 //	  logger:
 //	    subscribe: [">"]
 //	    deny_subscribe: ["chat.dm.>"]
+//	    durable: []             # shared durables it may join (see below)
+//
+// Permissions may name, besides topics, the shared durable subscriptions a
+// token may join (durable: names, with placeholders such as {store};
+// "*" for any name; "audit-*" for any name starting "audit-"). A durable
+// name a token is not granted is its own: a subscription under it reads a
+// copy of its topics no other identity shares, and a name some role is
+// granted (the drivers' "drivers", a vendor's "vendor-{store}") is refused
+// to the others. Omitting durable keeps the role's grants; durable: []
+// grants none.
 //
 // Tokens are random (32 bytes from crypto/rand), so a plain SHA-256 is a
 // sound way to store them: there is nothing to guess that a slow hash would
@@ -31,6 +41,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -208,8 +219,17 @@ func checkPerms(p *hub.Permissions) error {
 			}
 		}
 	}
+	for _, d := range p.Durable {
+		filled := strings.TrimSuffix(placeholderRE.ReplaceAllString(d, "x"), "*")
+		if d != "*" && !durableRE.MatchString(filled) {
+			return fmt.Errorf("invalid durable name %q: 1-64 of A-Z a-z 0-9 _ - (placeholders such as {name} allowed), \"*\" for any, or a prefix and \"*\"", d)
+		}
+	}
 	return nil
 }
+
+// durableRE is a durable name (the hub's rule), or the prefix of one.
+var durableRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // Errors Authenticate returns; the hub sends their text in the fatal ERR.
 var (
@@ -283,6 +303,18 @@ func EntryYAML(e Entry) string {
 	fmt.Fprintf(&b, "    sha256: %s\n", e.SHA256)
 	if e.Expires != nil {
 		fmt.Fprintf(&b, "    expires: %s\n", e.Expires.UTC().Format(time.RFC3339))
+	}
+	if p := e.Permissions; p != nil {
+		b.WriteString("    permissions:\n")
+		for _, l := range []struct {
+			key  string
+			list []string
+		}{{"publish", p.Publish}, {"subscribe", p.Subscribe}, {"deny_publish", p.DenyPublish}, {"deny_subscribe", p.DenySubscribe}, {"durable", p.Durable}} {
+			if l.list != nil || l.key == "publish" || l.key == "subscribe" {
+				flow, _ := json.Marshal(append([]string{}, l.list...)) // a JSON list is a YAML flow sequence
+				fmt.Fprintf(&b, "      %s: %s\n", l.key, flow)
+			}
+		}
 	}
 	return b.String()
 }

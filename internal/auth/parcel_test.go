@@ -112,9 +112,9 @@ func TestParcelPermissionsWithTokens(t *testing.T) {
 	wantCode(t, err, protocol.CodeForbidden, "driver posting a pickup")
 
 	// Vendor b's durable notifications are b's: a cannot take them over by
-	// name. Using b's durable name on its own pattern only gives a a durable
-	// of its own (the consumer is named after name and pattern), and b's
-	// pattern is refused outright.
+	// name. b's pattern is refused outright, and so is b's durable name on
+	// a's own pattern: vendor-store-b is a name only b's vendor is granted
+	// (a durable of a's own takes another name).
 	b := dialAs(t, ph.addr, ph.vendorB)
 	if _, err := b.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-b"), nop,
 		client.Durable(parcel.VendorDurable("store-b")), client.ManualAck(), client.DeliverAll()); err != nil {
@@ -122,8 +122,10 @@ func TestParcelPermissionsWithTokens(t *testing.T) {
 	}
 	_, err = a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-b"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
 	wantCode(t, err, protocol.CodeForbidden, "vendor a joining vendor b's durable")
-	if _, err := a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck()); err != nil {
-		t.Fatalf("vendor a's own pattern under another durable name: %v", err)
+	_, err = a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
+	wantCode(t, err, protocol.CodeForbidden, "vendor a using vendor b's durable name on its own pattern")
+	if _, err := a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), nop, client.Durable("a-archive"), client.ManualAck()); err != nil {
+		t.Fatalf("vendor a's own pattern under a durable name of its own: %v", err)
 	}
 
 	_, err = client.Dial(ctx, []string{ph.addr}, client.Options{Role: "admin", Name: "root", Token: ph.bad, NoReconnect: true})
@@ -215,4 +217,67 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// The auth file grants shared durables like topics: a token granted
+// "drivers" joins the drivers' queue whatever its role, one whose own
+// permissions leave durable out keeps its role's grants, and one given
+// durable: [] may not join a queue its role could. (Issue 12, item 2: a
+// logger joined the drivers' queue and took every pickup.)
+func TestDurableGrantsInTheAuthFile(t *testing.T) {
+	var tok struct{ relief, narrow, none string }
+	var body strings.Builder
+	body.WriteString("tokens:\n")
+	for _, e := range []struct {
+		dst *string
+		e   auth.Entry
+	}{
+		// A logger trusted to stand in for a driver.
+		{&tok.relief, auth.Entry{Name: "relief", Role: "logger", Permissions: &hub.Permissions{Subscribe: []string{"parcel.pickup.*"}, Durable: []string{parcel.DriversDurable}}}},
+		// A driver with permissions of its own, durable left out: its role's grant stays.
+		{&tok.narrow, auth.Entry{Name: "narrow", Role: "driver", Permissions: &hub.Permissions{Subscribe: []string{"parcel.pickup.*"}}}},
+		// A driver denied every shared durable.
+		{&tok.none, auth.Entry{Name: "none", Role: "driver", Permissions: &hub.Permissions{Subscribe: []string{"parcel.pickup.*"}, Durable: []string{}}}},
+	} {
+		*e.dst, e.e.SHA256 = auth.NewToken()
+		body.WriteString(auth.EntryYAML(e.e))
+	}
+	a, err := auth.Load(writeFile(t, body.String()))
+	if err != nil {
+		t.Fatalf("load:\n%s\n%v", body.String(), err)
+	}
+	h := hubtest.Start(t, hub.Config{Name: "grants", Auth: a, Apps: []hub.App{parcel.NewDispatcher(parcel.Options{})}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nop := func(*client.Msg) {}
+	join := func(token string) error {
+		c := dialAs(t, h.Addr().String(), token)
+		_, err := c.Subscribe(ctx, parcel.Topic(parcel.EventPickup, "*"), nop, client.Durable(parcel.DriversDurable), client.ManualAck())
+		return err
+	}
+	if err := join(tok.relief); err != nil {
+		t.Errorf("a logger granted the drivers' queue: %v", err)
+	}
+	if err := join(tok.narrow); err != nil {
+		t.Errorf("a driver with permissions of its own, durable left out: %v", err)
+	}
+	wantCode(t, join(tok.none), protocol.CodeForbidden, "a driver given durable: []")
+}
+
+func TestDurableGrantsAreChecked(t *testing.T) {
+	_, h := auth.NewToken()
+	for _, bad := range []string{`["a.b"]`, `["x y"]`, `["*a"]`, `[""]`, `["` + strings.Repeat("d", 65) + `"]`} {
+		body := "tokens:\n" + auth.EntryYAML(auth.Entry{Name: "t", Role: "logger", SHA256: h}) +
+			"    permissions:\n      subscribe: [\">\"]\n      durable: " + bad + "\n"
+		if _, err := auth.Parse([]byte(body)); err == nil || !strings.Contains(err.Error(), "durable") {
+			t.Errorf("durable %s: got %v, want an error naming it", bad, err)
+		}
+	}
+	for _, good := range []string{`["drivers"]`, `["vendor-{store}"]`, `["*"]`, `["audit-*"]`, `[]`} {
+		body := "tokens:\n" + auth.EntryYAML(auth.Entry{Name: "t", Role: "logger", SHA256: h}) +
+			"    permissions:\n      subscribe: [\">\"]\n      durable: " + good + "\n"
+		if _, err := auth.Parse([]byte(body)); err != nil {
+			t.Errorf("durable %s: %v", good, err)
+		}
+	}
 }

@@ -105,13 +105,18 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	if !h.Authenticated() {
 		h.OnIdentify(vendorStoreIsName)
 	}
+	// Reading a queue's topics is not the right to take its work: only
+	// drivers share the drivers' queue, and only a store's vendor its
+	// mailbox. Others (a logger) read copies, or durables of their own.
 	h.Grant(protocol.RoleVendor, hub.Permissions{
 		Publish:   []string{Topic(EventPickup, "{store}")},
 		Subscribe: []string{topicRoot + ".*.{store}"},
+		Durable:   []string{VendorDurable("{store}")},
 	})
 	h.Grant(protocol.RoleDriver, hub.Permissions{
 		Publish:   []string{Topic(EventInTransit, "*"), Topic(EventDelivered, "*")},
 		Subscribe: []string{Topic(EventPickup, "*")},
+		Durable:   []string{DriversDurable},
 	})
 	// Generic clients may use any other topic, but parcel events carry
 	// customers' names and addresses, and only vendors and drivers may make them.
