@@ -36,11 +36,15 @@ type classroomConn struct {
 	// mu guards what deliveries and the write loop share with the read
 	// loop. It is never held while calling the session API: deliveries of
 	// durables come in under the durable's lock and take mu.
-	mu        sync.Mutex
-	durable   map[uint64]*ClassroomSub // the persona's durable subscriptions, by sid
-	acks      classroomAcks
-	presumed  bool      // the persona is the apps' guess, not shown by the client
-	graceEnd  time.Time // zero once the grace period is over
+	mu       sync.Mutex
+	durable  map[uint64]*ClassroomSub // the persona's durable subscriptions, by sid
+	acks     classroomAcks
+	presumed bool      // the persona is the apps' guess, not shown by the client
+	graceEnd time.Time // zero once the grace period is over
+	// silentEnd is when a connection that has sent nothing is closed
+	// (Config.ClassroomSilentTimeout); zero once it has spoken. While it
+	// is set, the connection holds one of Hub.silent's places.
+	silentEnd time.Time
 	lastWrite time.Time
 	pubs      map[uint64]classroomPub // publishes awaiting their outcome
 }
@@ -52,10 +56,15 @@ type classroomPub struct {
 }
 
 // serveClassroom runs a classroom connection: from its first byte, '{',
-// or, silent is true, after it has said nothing for the handshake deadline.
+// or, silent is true, after it has said nothing for the handshake deadline
+// (it then holds a place among the silent ones, Hub.silent, which it gives
+// back when it speaks or ends).
 func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 	conn := s.conn
 	if !h.cfg.classroomAllowed() {
+		if silent {
+			h.silent.Add(-1)
+		}
 		s.countError(protocol.CodeClassroomDisabled)
 		s.writeNow(errorObject(protocol.CodeClassroomDisabled, h.classroomRefusal(), true))
 		closeGently(conn)
@@ -79,6 +88,11 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 		pubs:    map[uint64]classroomPub{},
 	}
 	c.idle, c.hasIdle = h.classroomIdle()
+	if silent {
+		// The place pickDialect took for it, given back when it speaks or ends.
+		c.silentEnd = time.Unix(0, s.lastRecv.Load()).Add(h.cfg.ClassroomSilentTimeout)
+		defer c.spoke()
+	}
 	s.dialect, s.native, s.writer, s.heartbeats = c, false, c, false
 	s.info.Dialect = "classroom"
 
@@ -102,7 +116,7 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 			s.fail(codeOf(err), err.Error())
 			return err
 		}
-		if silent && c.hasIdle {
+		if silent {
 			c.startGrace()
 		}
 		if silent && h.textAllowed() {

@@ -41,6 +41,9 @@ func (c *classroomConn) probation() time.Duration { return c.h.cfg.AckWait / 2 }
 // Called with c.mu held.
 func (c *classroomConn) armLocked() {
 	at := c.graceEnd
+	if !c.silentEnd.IsZero() && (at.IsZero() || c.silentEnd.Before(at)) {
+		at = c.silentEnd
+	}
 	if c.presumed {
 		if _, next := c.overdueLocked(time.Now(), c.probation()); !next.IsZero() && (at.IsZero() || next.Before(at)) {
 			at = next
@@ -50,28 +53,43 @@ func (c *classroomConn) armLocked() {
 }
 
 // startGrace starts the grace period of a connection that said nothing so
-// far, counted from its start.
+// far, counted from its start (when an app presumes anything of silent
+// connections), and the time it may stay silent.
 func (c *classroomConn) startGrace() {
 	c.mu.Lock()
-	c.graceEnd = time.Unix(0, c.s.lastRecv.Load()).Add(c.h.cfg.ClassroomGrace)
+	if c.hasIdle {
+		c.graceEnd = time.Unix(0, c.s.lastRecv.Load()).Add(c.h.cfg.ClassroomGrace)
+	}
 	c.armLocked()
 	c.mu.Unlock()
 }
 
-// spoke ends the grace period: whatever it is, it is not a silent client.
+// spoke ends the grace period and the silence: whatever it is, it is not a
+// silent client, and it gives back its place among them.
 func (c *classroomConn) spoke() {
 	c.mu.Lock()
-	if !c.graceEnd.IsZero() {
+	wasSilent := !c.silentEnd.IsZero()
+	c.silentEnd = time.Time{}
+	if !c.graceEnd.IsZero() || wasSilent {
 		c.graceEnd = time.Time{}
 		c.armLocked()
 	}
 	c.mu.Unlock()
+	if wasSilent {
+		c.h.silent.Add(-1)
+	}
 }
 
 // timer runs when the read deadline set by armLocked passes.
 func (c *classroomConn) timer() {
 	now := time.Now()
 	c.mu.Lock()
+	if !c.silentEnd.IsZero() && !now.Before(c.silentEnd) {
+		c.mu.Unlock()
+		// Never a word: a dead peer, or a socket held to take a place.
+		c.s.fail(protocol.CodeHeartbeat, fmt.Sprintf("nothing received for %s: a classroom connection that never sends anything is closed (--classroom-silent-timeout)", c.h.cfg.ClassroomSilentTimeout))
+		return
+	}
 	graceOver := !c.graceEnd.IsZero() && !now.Before(c.graceEnd)
 	if graceOver {
 		c.graceEnd = time.Time{}

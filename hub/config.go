@@ -53,6 +53,14 @@ type Config struct {
 	// served, greeted as soon as they connect (the client port cannot
 	// greet: a classroom driver would choke on it).
 	TextAddr string
+	// ClassroomMaxSilent bounds the classroom connections that have sent
+	// nothing yet (default half of MaxConns, at most 1000): one more
+	// silent connection is closed at the handshake deadline, so silent
+	// sockets cannot take every place from clients that speak.
+	// ClassroomSilentTimeout closes a classroom connection that has sent
+	// nothing for that long (default 1h).
+	ClassroomMaxSilent     int
+	ClassroomSilentTimeout time.Duration
 	// AllowedOrigins for WebSocket upgrades (host patterns); empty allows same-origin only,
 	// "*" allows any origin.
 	AllowedOrigins []string
@@ -85,7 +93,10 @@ type Config struct {
 	ClientsMaxAge   time.Duration
 	ClientsMaxBytes int64
 
-	MaxConns         int           // concurrent connections (default 20000)
+	MaxConns int // concurrent connections (default 20000)
+	// MaxConnsPerAddr bounds the CAPS port's connections from one IP
+	// address (default 256; WebSocket sessions: HTTPMaxConnsPerAddr).
+	MaxConnsPerAddr  int
 	MaxFrame         int           // largest frame accepted (default 1 MiB)
 	MaxSubs          int           // subscriptions per connection (default 1000)
 	MaxPending       int           // outbound bytes queued per connection before it is a slow consumer (default 8 MiB)
@@ -173,6 +184,15 @@ func (c *Config) withDefaults() {
 	if c.MaxConns <= 0 {
 		c.MaxConns = 20000
 	}
+	if c.MaxConnsPerAddr <= 0 {
+		c.MaxConnsPerAddr = 256
+	}
+	if c.ClassroomMaxSilent <= 0 {
+		c.ClassroomMaxSilent = min(1000, max(c.MaxConns/2, 1))
+	}
+	if c.ClassroomSilentTimeout <= 0 {
+		c.ClassroomSilentTimeout = time.Hour
+	}
 	if c.MaxFrame <= 0 {
 		c.MaxFrame = 1 << 20
 	}
@@ -224,3 +244,38 @@ func (c *Config) withDefaults() {
 // fdReserve is the file descriptors kept beyond the connection limits for
 // the engine's store, its connections and the listeners.
 const fdReserve = 256
+
+// fitFileLimit lowers the connection limits when together they allow more
+// connections than the process may open files (nofile), keeping fdReserve
+// for the engine and healthHeadroom for health checks: otherwise accept
+// would fail on the file-descriptor limit (EMFILE) before any limit refused
+// anyone with a clear error, and /healthz and /readyz would be out of reach.
+// The CAPS and HTTP ports keep their shares of what is left.
+func (h *Hub) fitFileLimit(nofile uint64) {
+	c := &h.cfg
+	httpOn := c.HTTPAddr != "off"
+	conns, http := uint64(c.MaxConns), uint64(0)
+	reserve := uint64(fdReserve)
+	if httpOn {
+		http = uint64(c.HTTPMaxConns)
+		reserve += healthHeadroom
+	}
+	if conns+http+reserve <= nofile {
+		return
+	}
+	if nofile < reserve+2 {
+		h.log.Warn("the open-file limit is too low to serve clients: raise it (LimitNOFILE, ulimit -n)", "nofile", nofile, "needed", conns+http+reserve)
+		return
+	}
+	avail := nofile - reserve
+	maxConns := max(avail*conns/(conns+http), 1)
+	c.MaxConns = int(maxConns)
+	c.MaxConnsPerAddr = min(c.MaxConnsPerAddr, c.MaxConns)
+	c.ClassroomMaxSilent = min(c.ClassroomMaxSilent, max(c.MaxConns/2, 1))
+	if httpOn {
+		c.HTTPMaxConns = int(max(avail-maxConns, 1))
+		c.HTTPMaxConnsPerAddr = min(c.HTTPMaxConnsPerAddr, c.HTTPMaxConns)
+	}
+	h.log.Warn("the connection limits exceed the open-file limit: lowered to fit, so that a full hub refuses connections with too_many_conns and still answers health checks (raise LimitNOFILE / ulimit -n to allow more)",
+		"nofile", nofile, "max_conns", c.MaxConns, "http_max_conns", c.HTTPMaxConns, "was_max_conns", conns, "was_http_max_conns", http)
+}

@@ -99,6 +99,18 @@ func (h *Hub) pickDialect(s *Session, br *bufio.Reader) {
 	case err == nil:
 		h.serveCAPS(s, br)
 	case isTimeout(err) && stream && h.classroomPresumesSilent():
+		// Silent sockets are kept only so many at once: past that, one
+		// more is not presumed anything, and clients that speak keep
+		// their places.
+		if n := h.silent.Add(1); n > int64(h.cfg.ClassroomMaxSilent) {
+			h.silent.Add(-1)
+			h.metrics.connsRefused.WithLabelValues(limitClassroomSilent).Inc()
+			s.countError(protocol.CodeTooManyConns)
+			s.writeNow(errorObject(protocol.CodeTooManyConns, fmt.Sprintf("the hub holds %d connections that have sent nothing, the most it keeps (--classroom-max-silent); send something within %s",
+				h.cfg.ClassroomMaxSilent, h.cfg.HandshakeTimeout), true))
+			closeGently(s.conn)
+			return
+		}
 		h.serveClassroom(s, br, true)
 	case isTimeout(err):
 		s.countError(protocol.CodeHandshakeTime)

@@ -70,12 +70,17 @@ type Hub struct {
 	mu        sync.Mutex
 	sessions  map[string]*Session
 	identSubs counts // subscriptions per identity (Config.MaxSubsPerIdentity)
-	conns     sync.WaitGroup
-	nconns    atomic.Int64
-	stopping  atomic.Bool
-	engineOK  atomic.Bool
-	httpExtra []func(mux *http.ServeMux)
-	hosts     *hostSet // names /ws may be reached by (set in Start)
+	// connsByAddr counts the CAPS port's connections per remote IP
+	// address (Config.MaxConnsPerAddr); silent the classroom connections
+	// that have never sent a byte (Config.ClassroomMaxSilent).
+	connsByAddr counts
+	silent      atomic.Int64
+	conns       sync.WaitGroup
+	nconns      atomic.Int64
+	stopping    atomic.Bool
+	engineOK    atomic.Bool
+	httpExtra   []func(mux *http.ServeMux)
+	hosts       *hostSet // names /ws may be reached by (set in Start)
 
 	run running
 }

@@ -69,6 +69,7 @@ func TestLoad(t *testing.T) {
 		c.MaxPending = 1 << 20
 		c.PubRate = -1
 		c.MaxConns = n + 100
+		c.MaxConnsPerAddr = n + 100 // every connection comes from loopback
 		c.ShutdownTimeout = 30 * time.Second
 	})
 	addr := h.Addr().String()

@@ -37,6 +37,8 @@ type Metrics struct {
 	httpRefused *prometheus.CounterVec
 	// expiredSessions counts sessions closed when their token expired.
 	expiredSessions prometheus.Counter
+	// connsRefused counts connections refused at a limit (session.go).
+	connsRefused *prometheus.CounterVec
 	// scrapeOnly holds what costs an engine request to collect (the
 	// streams): served at /metrics, not gathered by Host.Gatherer, which
 	// the dashboard reads every second.
@@ -86,11 +88,15 @@ func newMetrics() *Metrics {
 		expiredSessions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "caps_sessions_expired_total", Help: "Sessions closed because their token expired.",
 		}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "caps_connections_refused_total",
+			Help: "Connections to the CAPS port refused (too_many_conns), by limit: total (--max-conns), per_address (--max-conns-per-addr) or classroom_silent (--classroom-max-silent).",
+		}, []string{"limit"}),
 	}
 	m.publishedLive, m.publishedStored = m.publishes.WithLabelValues("live"), m.publishes.WithLabelValues("stored")
 	m.syncs = registerSyncMetrics(r)
 	r.MustRegister(m.conns, m.framesIn, m.framesOut, m.bytesIn, m.bytesOut, m.deliveries, m.errors, m.slowConsumers,
-		m.tlsErrors, m.publishes, m.storeLatency, m.deliveryLatency, m.httpConns, m.httpRefused, m.expiredSessions,
+		m.tlsErrors, m.publishes, m.storeLatency, m.deliveryLatency, m.httpConns, m.httpRefused, m.expiredSessions, m.connsRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -101,6 +107,10 @@ func (m *Metrics) observe(h *Hub) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "caps_sockets_open", Help: "Open client connections, including those still in their handshake.",
 		}, func() float64 { return float64(h.nconns.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caps_classroom_silent_connections",
+			Help: "Classroom connections that have sent nothing yet (presumed drivers): at most --classroom-max-silent, each for at most --classroom-silent-timeout.",
+		}, func() float64 { return float64(h.silent.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "caps_engine_ready", Help: "1 while the engine (NATS JetStream) is reachable, else 0 (publishes are refused).",
 		}, func() float64 {

@@ -128,13 +128,21 @@ func (h *Hub) serveTextConn(c net.Conn, transport string) {
 func (h *Hub) serveConnAs(c net.Conn, transport string, serve func(*Session, *bufio.Reader)) {
 	if n := h.nconns.Add(1); n > int64(h.cfg.MaxConns) {
 		h.nconns.Add(-1)
-		h.metrics.errors.WithLabelValues(protocol.CodeTooManyConns).Inc()
-		c.SetWriteDeadline(time.Now().Add(refuseTimeout))
-		c.Write(protocol.ErrorFrame(0, protocol.CodeTooManyConns, fmt.Sprintf("hub is at its limit of %d connections", h.cfg.MaxConns), true).Encode())
-		c.Close()
+		h.refuseConn(c, limitTotal, fmt.Sprintf("hub is at its limit of %d connections", h.cfg.MaxConns))
 		return
 	}
 	defer h.nconns.Add(-1)
+	// One address may hold only so many of them, so that one client cannot
+	// take every place. A WebSocket session is held to the HTTP port's own
+	// limit per address instead (httpguard.go).
+	if transport != transportWebSocket {
+		addr := remoteHost(c.RemoteAddr())
+		if !h.connsByAddr.take(addr, h.cfg.MaxConnsPerAddr) {
+			h.refuseConn(c, limitPerAddress, fmt.Sprintf("%s holds %d connections, the most one address may (--max-conns-per-addr)", addr, h.cfg.MaxConnsPerAddr))
+			return
+		}
+		defer h.connsByAddr.give(addr, 1)
+	}
 	if tc, ok := c.(*tls.Conn); ok {
 		c.SetDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
 		if err := tc.Handshake(); err != nil {
@@ -147,6 +155,23 @@ func (h *Hub) serveConnAs(c net.Conn, transport string, serve func(*Session, *bu
 	c.SetReadDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
 	br := bufio.NewReaderSize(c, 512)
 	serve(s, br)
+}
+
+// Connection limits, as caps_connections_refused_total{limit} names them.
+const (
+	limitTotal           = "total"            // Config.MaxConns
+	limitPerAddress      = "per_address"      // Config.MaxConnsPerAddr
+	limitClassroomSilent = "classroom_silent" // Config.ClassroomMaxSilent
+)
+
+// refuseConn tells a connection over a limit why (a fatal too_many_conns
+// frame; nothing is known of its dialect yet), counts it and closes it.
+func (h *Hub) refuseConn(c net.Conn, limit, text string) {
+	h.metrics.errors.WithLabelValues(protocol.CodeTooManyConns).Inc()
+	h.metrics.connsRefused.WithLabelValues(limit).Inc()
+	c.SetWriteDeadline(time.Now().Add(refuseTimeout))
+	c.Write(protocol.ErrorFrame(0, protocol.CodeTooManyConns, text, true).Encode())
+	c.Close()
 }
 
 func (h *Hub) newSession(c net.Conn, transport string) *Session {

@@ -170,6 +170,8 @@ func (e *env) startHub(ctx context.Context, hs hubSpec) (*target, func(), error)
 		Auth:       hs.auth,
 		Logger:     e.log,
 		MaxConns:   1 << 20,
+		// Every connection comes from this machine.
+		MaxConnsPerAddr: 1 << 20,
 		// The bench reads the hub's memory from /metrics, without a token.
 		MetricsAccess: hub.MetricsOpen,
 	}

@@ -77,7 +77,7 @@ func ServeHubFromEnv(ctx context.Context, log *slog.Logger) error {
 	}
 	cfg := hub.Config{
 		Addr: spec.Addr, HTTPAddr: spec.HTTPAddr, DataDir: spec.DataDir, Name: "bench",
-		Quiet: true, PubRate: -1, SyncAlways: &spec.SyncAlways, MaxConns: 1 << 20, Logger: log,
+		Quiet: true, PubRate: -1, SyncAlways: &spec.SyncAlways, MaxConns: 1 << 20, MaxConnsPerAddr: 1 << 20, Logger: log,
 		MetricsAccess: hub.MetricsOpen, // read by the conns scenario, without a token
 		Apps:          []hub.App{parcel.NewDispatcher(parcel.Options{})},
 	}
