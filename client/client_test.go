@@ -661,7 +661,7 @@ func TestReconnectResubscribes(t *testing.T) {
 		return h.connCount() == 2 && c.State() == StateConnected && len(h.frames(protocol.OpSub)) == 4
 	})
 	hs := h.helloList()
-	if hs[1].Resume != "sess-1" || c.Welcome().Session != "sess-2" || !c.Welcome().Resumed {
+	if hs[1].Resume != "resume-sess-1" || c.Welcome().Session != "sess-2" || !c.Welcome().Resumed {
 		t.Fatalf("hello %+v welcome %+v", hs[1], c.Welcome())
 	}
 	subs := h.frames(protocol.OpSub)

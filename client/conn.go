@@ -42,7 +42,7 @@ type Conn struct {
 	wake    chan struct{} // closed when a transport is installed or the Conn closes
 	welcome protocol.Welcome
 	addr    string // address of the current or last hub
-	session string // session id of the last WELCOME, sent as resume
+	resume  string // resume token of the last WELCOME, sent back in the next HELLO
 	subs    subTable
 	closed  bool
 	err     error
@@ -153,7 +153,7 @@ func (c *Conn) connectLoop(ctx context.Context, initial bool) (*transport, error
 			}
 			return nil, c.giveUp(ctx, errs)
 		}
-		if handshakeFatal(err, initial) {
+		if handshakeFatal(err, initial, c.opts.RetryNameTaken) {
 			return nil, err
 		}
 		var cve *tls.CertificateVerificationError
@@ -247,7 +247,7 @@ func (c *Conn) handshake(nc net.Conn) (protocol.Welcome, *protocol.Reader, error
 		Role:    c.opts.Role,
 		Name:    c.opts.Name,
 		Token:   c.opts.Token,
-		Resume:  c.session,
+		Resume:  c.resume,
 	}
 	c.mu.Unlock()
 	payload, err := json.Marshal(hello)
@@ -289,7 +289,7 @@ func (c *Conn) install(t *transport) bool {
 	c.t = t
 	c.cur.Store(t)
 	c.welcome = t.welcome
-	c.session = t.welcome.Session
+	c.resume = t.welcome.Resume
 	c.addr = t.addr
 	c.subs.resubscribe(c, t)
 	close(c.wake)

@@ -172,7 +172,7 @@ func (h *fakeHub) serve(nc net.Conn) {
 	w, _ := json.Marshal(protocol.Welcome{
 		Session: fmt.Sprintf("sess-%d", n), Hub: "fake", HeartbeatMS: hb,
 		MaxFrame: protocol.DefaultMaxFrame, MaxSubs: 100, Role: hello.Role, Name: hello.Name,
-		Resumed: hello.Resume != "",
+		Resume: fmt.Sprintf("resume-sess-%d", n), Resumed: hello.Resume != "",
 	})
 	h.mu.Lock()
 	h.sessions[s] = true

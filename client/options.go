@@ -104,6 +104,12 @@ type Options struct {
 	// connection attempts (defaults 100ms and 5s). Each wait is drawn at
 	// random from [d/2, d] where d doubles after every pass over the address list.
 	ReconnectMin, ReconnectMax time.Duration
+	// RetryNameTaken makes Dial retry a name the hub says is in use
+	// (name_taken) until its context ends, instead of giving up at once:
+	// for a program restarted under its name (a driver) before the hub has
+	// noticed that its previous run's connection is gone. A reconnect
+	// always retries it.
+	RetryNameTaken bool
 	// NoReconnect makes Dial try each address once, and makes a lost
 	// connection final: the Conn closes and Err reports why.
 	NoReconnect bool
@@ -266,9 +272,10 @@ func jitter(d time.Duration) time.Duration {
 
 // handshakeFatal reports whether a handshake error must not be retried:
 // the hub refused this identity, not this moment. name_taken is retried
-// during a reconnect, because the hub may not have noticed yet that our own
-// previous connection is dead.
-func handshakeFatal(err error, initial bool) bool {
+// during a reconnect (and, with retryNameTaken, on the first connect),
+// because the hub may not have noticed yet that our own previous
+// connection is dead.
+func handshakeFatal(err error, initial, retryNameTaken bool) bool {
 	var pe *protocol.Error
 	if !errors.As(err, &pe) {
 		return false
@@ -277,7 +284,7 @@ func handshakeFatal(err error, initial bool) bool {
 	case protocol.CodeAuth, protocol.CodeHandshake:
 		return true
 	case protocol.CodeNameTaken:
-		return initial
+		return initial && !retryNameTaken
 	}
 	return false
 }

@@ -34,10 +34,11 @@ type SessionInfo struct {
 	// Transport is how it is connected: "tcp", "tls" or "websocket".
 	Transport string    `json:"transport"`
 	Since     time.Time `json:"since"`
-	// Resume is the session id the client had before reconnecting (from its
-	// HELLO), so an app can hand that session's state (a chat name, room
-	// memberships) to this one. Kept out of events: it is only as secret as
-	// session ids are.
+	// Resume is the id of the session this one resumes: the client showed
+	// the resume token that session was given (its WELCOME's), for the
+	// same role and name, so an app may hand that session's state (a chat
+	// name, room memberships) to this one. Empty otherwise: a session id
+	// alone (visible in connection events) resumes nothing.
 	Resume string `json:"-"`
 }
 

@@ -117,7 +117,8 @@ func (s *Session) handshake(rd *protocol.Reader) bool {
 		MaxPubRate:  max(h.cfg.PubRate, 0),
 		Role:        s.info.Role,
 		Name:        s.info.Name,
-		Resumed:     hello.Resume != "",
+		Resume:      h.names.resumeToken(s.info.ID, s.info.Role, s.info.Name),
+		Resumed:     s.info.Resume != "",
 	}
 	b, _ := json.Marshal(w)
 	// Registered before the WELCOME leaves, so that once a client is in,

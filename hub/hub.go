@@ -56,6 +56,7 @@ type Hub struct {
 	router   *router
 	durables *durables
 	registry *durableRegistry // durables per identity (durable_limits.go)
+	names    *names           // exclusive names and resume tokens (names.go)
 	// sharedDurables are the durable names some role is granted (set by
 	// Start once the apps have granted theirs): no other session may use
 	// them for a durable of its own.
@@ -131,6 +132,7 @@ func New(cfg Config) *Hub {
 		events:   &eventLog{w: bufio.NewWriter(out), quiet: cfg.Quiet},
 	}
 	h.run.stopped = make(chan struct{})
+	h.names = &names{h: h, exclusive: map[string]bool{}, held: map[*Session]uint64{}, mine: map[string]bool{}}
 	h.router = newRouter(h)
 	h.durables = newDurables(h)
 	h.metrics.observe(h)
@@ -330,9 +332,10 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	h.run.stopBackground = stopBackground
-	h.run.background.Add(2)
+	h.run.background.Add(3)
 	go func() { defer h.run.background.Done(); h.heartbeats(bgCtx) }()
 	go func() { defer h.run.background.Done(); h.events.flushLoop(bgCtx) }()
+	go func() { defer h.run.background.Done(); h.names.refreshLoop(bgCtx) }()
 
 	h.log.Info("hub listening", "addr", ln.Addr().String(), "http", h.HTTPAddr(), "text", h.TextAddr(), "tls", h.cfg.TLS != nil,
 		"engine", map[bool]string{true: "embedded", false: "external"}[eng.Embedded()], "data", h.cfg.DataDir)
@@ -529,6 +532,9 @@ func (h *Hub) EngineReady() bool { return h.engineOK.Load() && h.eng != nil && h
 func (h *Hub) setupCore(ctx context.Context, x *Host) error {
 	h.setupClassroom(x)
 	if err := h.setupDurables(ctx); err != nil {
+		return err
+	}
+	if err := h.setupNames(ctx); err != nil {
 		return err
 	}
 	return x.AddStream(ctx, StreamSpec{

@@ -196,9 +196,12 @@ func (h *Hub) newSession(c net.Conn, transport string) *Session {
 	return s
 }
 
-// establish gives the session its identity and runs the connect hooks; an
-// error (a hook's refusal) refuses the session. resume is the session id
-// the client had before a reconnect, if it says so.
+// establish gives the session its identity, claims its name if its role's
+// names are exclusive (names.go) and runs the connect hooks; an error (the
+// name is held, a hook's refusal) refuses the session. resume is the
+// resume token of the session the client had before a reconnect, if it
+// gives one: it resumes that session only if the token is the one that
+// session was given, for this role and name.
 func (s *Session) establish(id Identity, resume string) error {
 	h := s.hub
 	id = h.completeIdentity(id)
@@ -209,15 +212,21 @@ func (s *Session) establish(id Identity, resume string) error {
 	s.info.ID = uuid.NewString()
 	s.info.Role, s.info.Name, s.info.Attrs = id.Role, id.Name, id.Attrs
 	s.info.Since = time.Now().UTC()
-	s.info.Resume = resume
+	if resume != "" {
+		s.info.Resume = h.names.resumes(resume, id.Role, id.Name)
+	}
 	s.perms.Store(h.permissionsOf(id))
 	if h.cfg.PubRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(h.cfg.PubRate), h.cfg.PubBurst)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, HookTimeout)
 	defer cancel()
+	if err := h.names.claim(ctx, s); err != nil {
+		return err
+	}
 	for _, fn := range h.connectHooks {
 		if err := fn(ctx, s.info); err != nil {
+			h.names.release(s)
 			return err
 		}
 	}
@@ -268,6 +277,7 @@ func (h *Hub) runSession(s *Session, read func() error) {
 	<-s.connDone
 	s.work.Wait() // requests still running see s.ctx end
 	s.cleanup()
+	h.names.release(s)
 
 	h.mu.Lock()
 	delete(h.sessions, s.info.ID)

@@ -12,8 +12,11 @@ type Hello struct {
 	Role    string `json:"role"`            // vendor, driver, chat, logger, admin, client
 	Name    string `json:"name"`            // display name; a vendor's store
 	Token   string `json:"token,omitempty"` // credentials when the hub runs with --auth
-	// Resume names the session this client had before a reconnect, so the hub
-	// can tell presence "reconnected" apart from "joined".
+	// Resume is the resume token of the WELCOME of the session this client
+	// had before a reconnect (Welcome.Resume), so the hub can hand that
+	// session's name and state to this one and tell presence "reconnected"
+	// apart from "joined". Only that token resumes a session: a session id,
+	// or another client's token, resumes nothing.
 	Resume string `json:"resume,omitempty"`
 }
 
@@ -27,7 +30,10 @@ type Welcome struct {
 	MaxPubRate  int    `json:"max_pub_rate"` // publishes per second, 0 = unlimited
 	Role        string `json:"role"`         // as granted (may differ from asked with auth)
 	Name        string `json:"name"`
-	Resumed     bool   `json:"resumed,omitempty"`
+	// Resume is this session's resume token: a secret, given only to this
+	// client, that a HELLO after a reconnect sends back (Hello.Resume).
+	Resume  string `json:"resume,omitempty"`
+	Resumed bool   `json:"resumed,omitempty"` // the HELLO resumed its session
 }
 
 // Roles a client may announce.

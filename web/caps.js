@@ -290,7 +290,7 @@ export class Client {
     this._subs = new Set(); // every live Subscription
     this._bySid = new Map(); // sid → Set<Subscription>
     this._waiters = []; // calls waiting for a connection
-    this._session = '';
+    this._resume = ''; // resume token of the last WELCOME, sent back in the next HELLO
     this._attempt = 0;
     this._closing = false;
     this._timers = new Set();
@@ -396,7 +396,7 @@ export class Client {
     ws.onopen = () => {
       const hello = { version: PROTOCOL_VERSION, role: this.opts.role, name: this.opts.name };
       if (this.opts.token) hello.token = this.opts.token;
-      if (this._session) hello.resume = this._session;
+      if (this._resume) hello.resume = this._resume;
       ws.send(encodeFrame({ op: Op.HELLO, payload: hello }));
     };
     ws.onmessage = (ev) => {
@@ -422,7 +422,7 @@ export class Client {
             const err = new CapsError(f.topic, utf8Decode.decode(f.payload), true);
             // The hub refused who we are: retrying will not help.
             if (['unauthorized', 'handshake', 'classroom_disabled'].includes(err.code) ||
-                (err.code === 'name_taken' && !this._session)) {
+                (err.code === 'name_taken' && !this._resume)) {
               this._readyReject(err);
               this._finish(err);
               ws.close();
@@ -444,7 +444,7 @@ export class Client {
 
   _welcomed(ws, welcome) {
     this.welcome = welcome;
-    this._session = welcome.session;
+    this._resume = welcome.resume || '';
     this._attempt = 0;
     this._lastRecv = Date.now();
     this._lastSent = Date.now();

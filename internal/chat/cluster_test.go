@@ -154,11 +154,15 @@ func TestResumeTakesOverQuietly(t *testing.T) {
 	old.join("lobby")
 	bob.out.waitLine(t, "[lobby] * alice joined")
 
-	// A stranger may not take the name, resume or not.
-	if _, err := tryDial(addr, "alice", "not-a-session"); err == nil || !strings.Contains(err.Error(), "name_taken") {
-		t.Fatalf("taking a live name: got %v", err)
+	// A stranger may not take the name, resume or not: not with a made-up
+	// session, not with alice's session id (loggers see it in connection
+	// events), only with the resume token alice's WELCOME gave her.
+	for _, resume := range []string{"not-a-session", old.session, old.session + ".forged"} {
+		if _, err := tryDial(addr, "alice", resume); err == nil || !strings.Contains(err.Error(), "name_taken") {
+			t.Fatalf("taking a live name with resume %q: got %v", resume, err)
+		}
 	}
-	again := dialRawResume(t, addr, "alice", old.session)
+	again := dialRawResume(t, addr, "alice", old.resume)
 	again.join("lobby")
 	old.c.Close()
 	bob.send("/who")

@@ -218,6 +218,7 @@ type rawChat struct {
 	c       net.Conn
 	rd      *protocol.Reader
 	session string
+	resume  string // the WELCOME's resume token
 }
 
 func dialRaw(t *testing.T, addr, name string) *rawChat {
@@ -225,7 +226,8 @@ func dialRaw(t *testing.T, addr, name string) *rawChat {
 	return dialRawResume(t, addr, name, "")
 }
 
-// dialRawResume connects as a client that had session resume before.
+// dialRawResume connects as a client that had a session before, whose
+// resume token was resume.
 func dialRawResume(t *testing.T, addr, name, resume string) *rawChat {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -244,7 +246,7 @@ func dialRawResume(t *testing.T, addr, name, resume string) *rawChat {
 	if err := json.Unmarshal(f.Payload, &w); err != nil {
 		t.Fatal(err)
 	}
-	r.session = w.Session
+	r.session, r.resume = w.Session, w.Resume
 	return r
 }
 

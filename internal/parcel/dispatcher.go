@@ -124,6 +124,9 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 		DenyPublish:   []string{topicRoot + ".>"},
 		DenySubscribe: []string{topicRoot + ".>"},
 	})
+	// A driver's name is who holds its parcels: one connection at a time
+	// may be that driver (a second is refused unless it resumes the first).
+	h.ExclusiveName(protocol.RoleDriver)
 	h.OnPublish(topicRoot+".>", d.onPublish)
 	h.OnDeliver(Topic(EventPickup, "*"), d.onDeliver)
 	h.Handle(TrackService, d.track)

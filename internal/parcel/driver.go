@@ -59,6 +59,9 @@ func RunDriver(ctx context.Context, cfg DriverConfig) error {
 	if !protocol.ValidName(cfg.Name) {
 		return fmt.Errorf("driver name %q: 1-32 letters, digits, _ or -, starting with a letter or digit", cfg.Name)
 	}
+	// A driver restarted under its name may find its previous run still
+	// holding it, until the hub notices that run's connection is gone.
+	cfg.Options.RetryNameTaken = true
 	s, err := dial(ctx, cfg.ClientConfig, protocol.RoleDriver, cfg.Name)
 	if err != nil {
 		return err

@@ -282,17 +282,25 @@ func TestDriverRestartDeliversParcelsLeftInTransit(t *testing.T) {
 	if f.vendors["acme"].count(thankYou("acme", id)) != 1 {
 		t.Errorf("vendor lines %q", f.vendors["acme"].Lines())
 	}
-	// Nothing left in her van.
-	c := dialAs(t, th, protocol.RoleDriver, "alice")
-	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	// While alice drives, nobody else may connect under her name: her
+	// parcels are hers (issue 12, item 9).
+	rctx, rcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer rcancel()
-	b, err := c.Request(rctx, parcel.HeldService, nil)
-	if err != nil || strings.TrimSpace(string(b)) != "[]" {
-		t.Errorf("held after delivery: %s, %v", b, err)
-	}
+	_, err := client.Dial(rctx, []string{th.addr}, client.Options{Role: protocol.RoleDriver, Name: "alice", NoReconnect: true})
+	refused(t, "a second alice", err, protocol.CodeNameTaken, "driver alice is connected already")
 	_, err = dialAs(t, th, protocol.RoleVendor, "acme").Request(rctx, parcel.HeldService, nil)
 	refused(t, "a vendor asking for held parcels", err, protocol.CodeForbidden, "vendor acme")
 	cancel()
 	wait(t, again, 10*time.Second, "alice again")
 	wait(t, bob, 10*time.Second, "bob")
+	// Nothing left in her van.
+	c, err := client.Dial(rctx, []string{th.addr}, client.Options{Role: protocol.RoleDriver, Name: "alice", RetryNameTaken: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b, err := c.Request(rctx, parcel.HeldService, nil)
+	if err != nil || strings.TrimSpace(string(b)) != "[]" {
+		t.Errorf("held after delivery: %s, %v", b, err)
+	}
 }
