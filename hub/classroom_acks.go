@@ -40,7 +40,7 @@ func (c *classroomConn) track(m protocol.Frame, b []byte) (untrack func(), ok bo
 	ref := ackRef{sid: m.ID, seq: m.Seq, at: time.Now()}
 	var key string
 	if spec.AckKey != nil {
-		key = spec.AckKey(string(m.Topic), m.Payload)
+		key = c.ackKey(spec.AckKey, m)
 	}
 	if key != "" {
 		c.acks.pending[key] = ref
@@ -124,4 +124,15 @@ func (c *classroomConn) overdueLocked(now time.Time, probation time.Duration) (o
 		}
 	}
 	return overdue, next
+}
+
+// ackKey runs an app's AckKey; one that panics names nothing (the delivery
+// is acknowledged once written), contained.
+func (c *classroomConn) ackKey(fn func(topic string, payload []byte) string, m protocol.Frame) (key string) {
+	defer func() {
+		if c.h.contained(inAppFunc, recover()) != nil {
+			key = ""
+		}
+	}()
+	return fn(string(m.Topic), m.Payload)
 }

@@ -227,8 +227,10 @@ func (c *classroomConn) event(obj classroom.Object) {
 	var route ClassroomRoute
 	handled := false
 	for _, r := range c.routers {
-		var err error
-		route, handled, err = r.ClassroomRoute(s.info, obj.Event, obj.Payload)
+		err := c.h.contain(inClassroomRoute, func() (err error) {
+			route, handled, err = r.ClassroomRoute(s.info, obj.Event, obj.Payload)
+			return err
+		})
 		if err != nil {
 			code, text := errCode(err, protocol.CodeRejected)
 			c.sendError(code, fmt.Sprintf("%s: %s", obj.Event, text))

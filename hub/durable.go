@@ -423,7 +423,7 @@ func (h *Hub) runDeliverHooks(s *Session, topic, payload []byte) error {
 	info := s.infoSnapshot() // this runs on the consumer's goroutine
 	for _, dh := range h.deliverHooks {
 		if protocol.Match(dh.pattern, topic) {
-			if err := dh.fn(ctx, info, t, payload); err != nil {
+			if err := h.contain(inDeliverHook, func() error { return dh.fn(ctx, info, t, payload) }); err != nil {
 				return err
 			}
 		}

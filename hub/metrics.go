@@ -39,6 +39,8 @@ type Metrics struct {
 	expiredSessions prometheus.Counter
 	// connsRefused counts connections refused at a limit (session.go).
 	connsRefused *prometheus.CounterVec
+	// panics counts panics contained to one session (contain.go).
+	panics *prometheus.CounterVec
 	// scrapeOnly holds what costs an engine request to collect (the
 	// streams): served at /metrics, not gathered by Host.Gatherer, which
 	// the dashboard reads every second.
@@ -92,11 +94,15 @@ func newMetrics() *Metrics {
 			Name: "caps_connections_refused_total",
 			Help: "Connections to the CAPS port refused (too_many_conns), by limit: total (--max-conns), per_address (--max-conns-per-addr) or classroom_silent (--classroom-max-silent).",
 		}, []string{"limit"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "caps_panics_total",
+			Help: "Panics contained to one session's operation or connection, by where: an app's hook or service, the classroom router, a session's read loop (a bug: each is logged with its stack).",
+		}, []string{"where"}),
 	}
 	m.publishedLive, m.publishedStored = m.publishes.WithLabelValues("live"), m.publishes.WithLabelValues("stored")
 	m.syncs = registerSyncMetrics(r)
 	r.MustRegister(m.conns, m.framesIn, m.framesOut, m.bytesIn, m.bytesOut, m.deliveries, m.errors, m.slowConsumers,
-		m.tlsErrors, m.publishes, m.storeLatency, m.deliveryLatency, m.httpConns, m.httpRefused, m.expiredSessions, m.connsRefused,
+		m.tlsErrors, m.publishes, m.storeLatency, m.deliveryLatency, m.httpConns, m.httpRefused, m.expiredSessions, m.connsRefused, m.panics,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

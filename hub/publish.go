@@ -57,7 +57,7 @@ func (h *Hub) runPubHooks(ctx context.Context, info SessionInfo, key, topic, pay
 			ctx, cancel = context.WithTimeout(withPublishKey(ctx, key), HookTimeout)
 			defer cancel()
 		}
-		if err := ph.fn(ctx, info, t, payload); err != nil {
+		if err := h.contain(inPublishHook, func() error { return ph.fn(ctx, info, t, payload) }); err != nil {
 			return err
 		}
 	}
@@ -138,10 +138,21 @@ func (h *Hub) publishLive(topic, key, payload []byte) error {
 func (h *Hub) eventName(topic []byte) string {
 	for _, n := range h.eventNamers {
 		if protocol.Match(n.pattern, topic) {
-			return n.fn(string(topic))
+			return h.nameOf(n.fn, topic)
 		}
 	}
 	return string(topic)
+}
+
+// nameOf names topic with an app's namer; a namer that panics names
+// nothing (the topic itself), contained.
+func (h *Hub) nameOf(fn func(string) string, topic []byte) (name string) {
+	defer func() {
+		if h.contained(inAppFunc, recover()) != nil {
+			name = string(topic)
+		}
+	}()
+	return fn(string(topic))
 }
 
 // logEvent prints the classroom hub's EVENT line for a routed event.
@@ -159,7 +170,7 @@ func (h *Hub) logEvent(topic, payload []byte) {
 	event := topic
 	for _, n := range h.eventNamers {
 		if protocol.Match(n.pattern, topic) {
-			event = []byte(n.fn(string(topic)))
+			event = []byte(h.nameOf(n.fn, topic))
 			break
 		}
 	}

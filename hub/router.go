@@ -242,7 +242,7 @@ func (h *Hub) runSubHooks(ctx context.Context, s *Session, pattern string) error
 	p := []byte(pattern)
 	for _, sh := range h.subHooks {
 		if protocol.Covers(sh.pattern, p) {
-			if err := sh.fn(ctx, s.info, pattern); err != nil {
+			if err := h.contain(inSubscribeHook, func() error { return sh.fn(ctx, s.info, pattern) }); err != nil {
 				return err
 			}
 		}
@@ -255,7 +255,7 @@ func (h *Hub) runUnsubHooks(s *Session, pattern string) {
 	info := s.infoSnapshot()
 	for _, uh := range h.unsubHooks {
 		if protocol.Covers(uh.pattern, p) {
-			uh.fn(info, pattern)
+			_ = h.contain(inUnsubscribeHook, func() error { uh.fn(info, pattern); return nil })
 		}
 	}
 }

@@ -126,6 +126,13 @@ func (h *Hub) serveTextConn(c net.Conn, transport string) {
 // serveConnAs admits a connection and hands it to serve, which picks and
 // runs its dialect.
 func (h *Hub) serveConnAs(c net.Conn, transport string, serve func(*Session, *bufio.Reader)) {
+	defer func() {
+		// A panic before the session runs (the handshake, the dialect's
+		// start): only this connection ends (contain.go).
+		if h.contained(inSession, recover()) != nil {
+			c.Close()
+		}
+	}()
 	if n := h.nconns.Add(1); n > int64(h.cfg.MaxConns) {
 		h.nconns.Add(-1)
 		h.refuseConn(c, limitTotal, fmt.Sprintf("hub is at its limit of %d connections", h.cfg.MaxConns))
@@ -225,7 +232,7 @@ func (s *Session) establish(id Identity, resume string) error {
 		return err
 	}
 	for _, fn := range h.connectHooks {
-		if err := fn(ctx, s.info); err != nil {
+		if err := h.contain(inConnectHook, func() error { return fn(ctx, s.info) }); err != nil {
 			h.names.release(s)
 			return err
 		}
@@ -236,7 +243,7 @@ func (s *Session) establish(id Identity, resume string) error {
 // completeIdentity runs the apps' identify hooks.
 func (h *Hub) completeIdentity(id Identity) Identity {
 	for _, fn := range h.identifyHooks {
-		id = fn(id)
+		_ = h.contain(inIdentifyHook, func() error { id = fn(id); return nil }) // a panic leaves id as it was
 	}
 	return id
 }
@@ -272,7 +279,11 @@ func (h *Hub) runSession(s *Session, read func() error) {
 	h.log.Debug("client connected", "id", s.info.ID, "role", s.info.Role, "name", s.info.Name, "remote", s.info.Remote, "dialect", s.info.Dialect)
 	h.clientEvent("client.connected", s)
 
-	err := read()
+	err := h.contain(inSession, read)
+	var pe *protocol.Error
+	if errors.As(err, &pe) && pe.Code == protocol.CodeInternal {
+		s.fail(pe.Code, pe.Text) // a contained panic: say so, then close
+	}
 	s.closeWith(nil, "", err)
 	<-s.connDone
 	s.work.Wait() // requests still running see s.ctx end
@@ -285,7 +296,7 @@ func (h *Hub) runSession(s *Session, read func() error) {
 	info := s.infoSnapshot()
 	h.metrics.conns.WithLabelValues(info.Role).Dec()
 	for _, fn := range h.disconnectHooks {
-		fn(info)
+		_ = h.contain(inDisconnectHook, func() error { fn(info); return nil })
 	}
 	h.clientEvent("client.disconnected", s)
 	h.log.Debug("client disconnected", "id", info.ID, "name", info.Name, "reason", s.closeErr)

@@ -315,7 +315,11 @@ func (s *Session) request(id uint64, name string, payload []byte) {
 		defer func() { <-s.reqs }()
 		ctx, cancel := context.WithTimeout(s.ctx, ServiceTimeout)
 		defer cancel()
-		out, err := fn(ctx, info, body)
+		var out []byte
+		err := h.contain(inService, func() (err error) {
+			out, err = fn(ctx, info, body)
+			return err
+		})
 		if err != nil {
 			err = withCode(err, protocol.CodeInternal)
 		}
