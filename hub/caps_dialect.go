@@ -65,11 +65,14 @@ func sendErr(s *Session, id uint64, err error) {
 func (h *Hub) serveCAPS(s *Session, br *bufio.Reader) {
 	// A small first buffer: most connections are idle most of the time, and
 	// the reader grows it for big frames and busy streams.
-	rd := protocol.NewReaderSize(br, h.cfg.MaxFrame, 512)
+	// The handshake is read under a small frame limit: a HELLO is a few
+	// hundred bytes, and nobody unauthenticated may make the hub hold more.
+	rd := protocol.NewReaderSize(br, min(h.cfg.MaxFrame, protocol.MaxHelloFrame), 512)
 	if !s.handshake(rd) {
 		s.conn.Close()
 		return
 	}
+	rd.SetMaxFrame(h.cfg.MaxFrame)
 	s.conn.SetReadDeadline(time.Time{})
 	h.runSession(s, func() error { return s.readFrames(rd) })
 }

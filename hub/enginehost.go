@@ -158,3 +158,37 @@ func (x *Host) Sync(ctx context.Context) error { return x.h.eng.Sync(ctx) }
 func (x *Host) WaitDurable(ctx context.Context, stored time.Time) error {
 	return x.h.eng.WaitDurable(ctx, stored)
 }
+
+// LastMessages returns the last n stored messages matching pattern (a
+// stored topic or pattern: AddStream's), oldest first, once they are on
+// disk — what the hub replays as a subscription's history, for an app's own
+// services (chat's history). The work is bounded by n, not by the stream:
+// at most 2n messages are read, and nothing is left in the engine after.
+// n is the app's to bound (a client's number must not reach it unchecked).
+func (x *Host) LastMessages(ctx context.Context, pattern string, n int) ([]jetstream.Msg, error) {
+	h := x.h
+	stream := h.streamFor([]byte(pattern))
+	if stream == "" {
+		return nil, fmt.Errorf("%q is not a stored topic", pattern)
+	}
+	if n <= 0 {
+		return nil, nil
+	}
+	msgs, err := h.lastStored(ctx, stream, pattern, n)
+	if err != nil {
+		return nil, fmt.Errorf("last messages of %s: %w", pattern, err)
+	}
+	if len(msgs) > n {
+		msgs = msgs[len(msgs)-n:]
+	}
+	if len(msgs) > 0 {
+		meta, err := msgs[len(msgs)-1].Metadata()
+		if err != nil {
+			return nil, fmt.Errorf("last messages of %s: %w", pattern, err)
+		}
+		if err := h.eng.WaitDurable(ctx, meta.Timestamp); err != nil {
+			return nil, fmt.Errorf("last messages of %s: %w", pattern, err)
+		}
+	}
+	return msgs, nil
+}

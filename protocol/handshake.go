@@ -62,6 +62,15 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
 // they must not contain spaces or wildcards.
 func ValidName(n string) bool { return nameRE.MatchString(n) }
 
+// Bounds on a HELLO: a hub reads the handshake under MaxHelloFrame (then
+// the session under its own frame limit), and refuses longer credentials
+// before hashing or checking them.
+const (
+	MaxHelloFrame = 16 << 10
+	MaxTokenLen   = 1024
+	MaxResumeLen  = 256
+)
+
 // ParseHello decodes and checks a HELLO payload.
 func ParseHello(b []byte) (Hello, error) {
 	var h Hello
@@ -79,6 +88,9 @@ func ParseHello(b []byte) (Hello, error) {
 	}
 	if !ValidName(h.Name) {
 		return h, fmt.Errorf("bad name %q: 1-32 of A-Z a-z 0-9 _ -, starting with a letter or digit", h.Name)
+	}
+	if len(h.Token) > MaxTokenLen || len(h.Resume) > MaxResumeLen {
+		return h, fmt.Errorf("token (at most %d bytes) or resume token (at most %d) too long", MaxTokenLen, MaxResumeLen)
 	}
 	return h, nil
 }

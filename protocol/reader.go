@@ -8,7 +8,9 @@ import (
 
 // Reader decodes frames from a byte stream. A frame split across many reads
 // and many frames arriving in one read decode the same. After the buffer has
-// grown to fit the largest frame seen, Next allocates nothing.
+// grown to fit the largest frame seen, Next allocates nothing. The buffer
+// grows with the bytes that arrive, never ahead of them: a peer makes a
+// Reader hold no more than it has sent (and twice that at most).
 type Reader struct {
 	r        io.Reader
 	buf      []byte
@@ -36,6 +38,15 @@ func NewReaderSize(r io.Reader, maxFrame, size int) *Reader {
 		maxFrame = DefaultMaxFrame
 	}
 	return &Reader{r: r, buf: make([]byte, max(size, 64)), maxFrame: maxFrame}
+}
+
+// SetMaxFrame changes the largest frame Next accepts (a server reads the
+// handshake under a small limit, then the session under its own).
+func (d *Reader) SetMaxFrame(n int) {
+	if n <= 0 {
+		n = DefaultMaxFrame
+	}
+	d.maxFrame = n
 }
 
 // Buffered reports how many bytes are read from the stream but not yet decoded.
@@ -89,22 +100,24 @@ func (d *Reader) fill(need int) error {
 		d.grow = false
 	}
 	if d.start+need > len(d.buf) {
-		// Move the partial frame to the front, growing the buffer if it cannot fit.
-		if need > len(d.buf) {
-			size := len(d.buf) * 2
-			for size < need {
-				size *= 2
-			}
-			nb := make([]byte, size)
-			copy(nb, d.buf[d.start:d.end])
-			d.buf = nb
-		} else {
-			copy(d.buf, d.buf[d.start:d.end])
-		}
+		// Move the partial frame to the front.
+		copy(d.buf, d.buf[d.start:d.end])
 		d.end -= d.start
 		d.start = 0
 	}
 	for d.end-d.start < need {
+		if d.end == len(d.buf) {
+			// A frame larger than the buffer: grow it as the frame's bytes
+			// arrive (doubling, up to the frame's size), not at once to the
+			// size its length prefix announces. Otherwise four bytes from each
+			// of many connections would make the reader hold MaxFrame for
+			// each (20000 × 1 MiB), for nothing sent.
+			nb := make([]byte, min(2*len(d.buf), d.start+need))
+			copy(nb, d.buf[d.start:d.end])
+			d.end -= d.start
+			d.start = 0
+			d.buf = nb
+		}
 		free := len(d.buf) - d.end
 		m, err := d.r.Read(d.buf[d.end:])
 		if m == free && free >= len(d.buf)/2 {

@@ -571,36 +571,19 @@ func (a *App) history(ctx context.Context, s hub.SessionInfo, payload []byte) ([
 	return json.Marshal(msgs)
 }
 
-// lastMessages reads up to limit of a room's stored messages, oldest first.
+// lastMessages reads up to limit of a room's stored messages, oldest
+// first: the hub's bounded reader (a request does not leave a consumer
+// behind in the engine, and reads at most twice limit messages).
 func (a *App) lastMessages(ctx context.Context, room string, limit int) ([]Message, error) {
-	cons, err := a.js.OrderedConsumer(ctx, RoomsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{hub.Subject(RoomTopic(room))},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+	stored, err := a.host.LastMessages(ctx, RoomTopic(room), limit)
 	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", room, err)
 	}
-	pending := int(cons.CachedInfo().NumPending)
-	out := make([]Message, 0, min(pending, limit))
-	for read := 0; read < pending; {
-		batch, err := cons.Fetch(min(pending-read, 256), jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("history of %s: %w", room, err)
+	out := make([]Message, 0, len(stored))
+	for _, m := range stored {
+		if msg, err := decode(m.Data()); err == nil {
+			out = append(out, msg)
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			if msg, err := decode(m.Data()); err == nil {
-				out = append(out, msg)
-			}
-		}
-		if got == 0 {
-			break
-		}
-		read += got
-	}
-	if len(out) > limit {
-		out = out[len(out)-limit:]
 	}
 	return out, nil
 }
