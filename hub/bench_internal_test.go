@@ -49,8 +49,19 @@ func BenchmarkStreamFor(b *testing.B) {
 // to N local sessions (their queues are emptied after each op, no sockets).
 // allocs/op must not grow with N: the frame is encoded once for everyone.
 func BenchmarkFanoutHandler(b *testing.B) {
-	for _, n := range []int{1, 10, 100} {
-		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) {
+	for _, keyed := range []bool{false, true} {
+		for _, n := range []int{1, 10, 100} {
+			benchFanoutHandler(b, n, keyed)
+		}
+	}
+}
+
+// benchFanoutHandler: keyed messages carry a message id, as the engine
+// stores a client's (scoped to its publisher, msgid.go): deliveries cut the
+// scope off.
+func benchFanoutHandler(b *testing.B, n int, keyed bool) {
+	{
+		b.Run(fmt.Sprintf("keyed=%v/subs=%d", keyed, n), func(b *testing.B) {
 			h := New(Config{})
 			members := make([]*Session, n)
 			for i := range members {
@@ -63,6 +74,9 @@ func BenchmarkFanoutHandler(b *testing.B) {
 			ts.members.Store(&members)
 			handle := ts.handler(h)
 			m := &nats.Msg{Subject: engine.Subject("bench.x"), Data: make([]byte, 128)}
+			if keyed {
+				m.Header = nats.Header{nats.MsgIdHdr: []string{"~client~pub~6f1c1d4e-2a7b-4c53-9a43-1f6b0b3c9d10.delivered"}}
+			}
 			b.ReportAllocs()
 			for b.Loop() {
 				handle(m)

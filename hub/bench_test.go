@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,11 +169,19 @@ func (perfStoredApp) Setup(ctx context.Context, x *hub.Host) error {
 // BenchmarkStoredPublishPipelined: publishes to a stored topic, each answered with an
 // OK once the engine has it, 128 in flight. One op is one stored message.
 func BenchmarkStoredPublishPipelined(b *testing.B) {
+	for _, keyed := range []bool{false, true} {
+		b.Run(fmt.Sprintf("keyed=%v", keyed), func(b *testing.B) { benchStoredPublishPipelined(b, keyed) })
+	}
+}
+
+// benchStoredPublishPipelined: keyed publishes carry a message id each,
+// which the hub scopes to the publisher (msgid.go).
+func benchStoredPublishPipelined(b *testing.B, keyed bool) {
 	h := perfHub(b, perfStoredApp{})
 	pub := dialPerf(b, h, "pub")
 	const inflight = 128
 	payload := make([]byte, 128)
-	var out []byte
+	var out, key []byte
 	b.ReportAllocs()
 	b.ResetTimer()
 	acked := 0
@@ -181,6 +190,9 @@ func BenchmarkStoredPublishPipelined(b *testing.B) {
 		for k := 0; k < inflight/2 && sent < b.N && sent-acked < inflight; k++ {
 			sent++
 			f := protocol.Frame{Op: protocol.OpPub, ID: uint64(sent), Topic: []byte("bench.stored.x"), Payload: payload}
+			if keyed {
+				f.Key = strconv.AppendInt(key[:0], int64(sent), 10)
+			}
 			out = f.Append(out)
 		}
 		if len(out) > 0 {
