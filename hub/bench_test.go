@@ -210,3 +210,73 @@ func benchStoredPublishPipelined(b *testing.B, keyed bool) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
+
+// BenchmarkDurableQueue: a stored topic consumed by a durable work queue
+// shared by 8 workers (each up to 16 unacknowledged), every message
+// acknowledged on receipt; a publisher keeps 128 stored publishes in
+// flight. One op is one message stored, handed to a worker and
+// acknowledged: the durable path (pull, pick a member, hand out, ack).
+func BenchmarkDurableQueue(b *testing.B) {
+	h := perfHub(b, perfStoredApp{})
+	const workers = 8
+	var got atomic.Int64
+	opts, _ := json.Marshal(protocol.SubOptions{MaxInFlight: 16})
+	for i := range workers {
+		w := dialPerf(b, h, fmt.Sprintf("worker%d", i))
+		w.write(b, &protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("bench.stored.q"), Key: []byte("workers"),
+			Flags: protocol.FlagManualAck | protocol.FlagDeliverAll, Payload: opts})
+		if f := w.next(b); f.Op != protocol.OpOK {
+			b.Fatalf("SUB: %s", f)
+		}
+		go func() { // ends when the connection closes, at the benchmark's cleanup
+			w.c.SetReadDeadline(time.Now().Add(5 * time.Minute))
+			var acks []byte
+			for {
+				f, err := w.rd.Next()
+				if err != nil {
+					return
+				}
+				if f.Op != protocol.OpMsg {
+					continue
+				}
+				ack := protocol.Frame{Op: protocol.OpAck, ID: f.ID, Seq: f.Seq}
+				acks = ack.Append(acks[:0])
+				if _, err := w.c.Write(acks); err != nil {
+					return
+				}
+				got.Add(1)
+			}
+		}()
+	}
+	pub := dialPerf(b, h, "pub")
+	const inflight = 128
+	payload := make([]byte, 128)
+	var out []byte
+	b.ReportAllocs()
+	b.ResetTimer()
+	acked := 0
+	for sent := 0; sent < b.N; {
+		out = out[:0]
+		for k := 0; k < inflight/2 && sent < b.N && sent-acked < inflight; k++ {
+			sent++
+			f := protocol.Frame{Op: protocol.OpPub, ID: uint64(sent), Topic: []byte("bench.stored.q"), Payload: payload}
+			out = f.Append(out)
+		}
+		if len(out) > 0 {
+			if _, err := pub.c.Write(out); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for sent-acked >= inflight/2 || (sent == b.N && acked < sent) {
+			if f := pub.next(b); f.Op != protocol.OpOK {
+				b.Fatalf("PUB: %s", f)
+			}
+			acked++
+		}
+	}
+	for got.Load() < int64(b.N) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}

@@ -11,10 +11,12 @@ import (
 // not the process and everyone on it. Where a panic may be contained:
 //
 //   - the apps' code the hub calls — hooks (identify, connect, publish,
-//     subscribe, unsubscribe, deliver, disconnect), services, the
+//     store, subscribe, unsubscribe, deliver, disconnect), services, the
 //     classroom router and the small functions an app hands over (event
-//     names, a classroom delivery's ack key). The hub holds none of its
-//     locks while it runs them, so a panic leaves the hub's state whole:
+//     names, a classroom delivery's ack key, a durable member's load). The
+//     hub holds none of its locks while it runs them (but for the load
+//     hook, a lookup run under its durable group's lock, which the hub
+//     keeps whole), so a panic leaves the hub's state whole:
 //     the operation it was for fails with an "internal" error (a deliver
 //     hook's: the message goes to another member), and the session goes on;
 //   - a session's read loop as a whole (a dialect turning bytes into calls
@@ -34,6 +36,7 @@ import (
 // Where a contained panic happened (caps_panics_total's label).
 const (
 	inPublishHook     = "publish_hook"
+	inStoreHook       = "store_hook"
 	inSubscribeHook   = "subscribe_hook"
 	inUnsubscribeHook = "unsubscribe_hook"
 	inConnectHook     = "connect_hook"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"regexp"
 	"sync"
@@ -55,9 +56,14 @@ type durableGroup struct {
 	name    string
 	stream  string
 	pattern string
-	cc      jetstream.ConsumeContext
+	// stop ends the pull loop (hub/dispatch.go), which closes loopDone.
+	stop     context.CancelFunc
+	loopDone chan struct{}
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// After a failed pull the next waits until retryAt (guarded by mu).
+	backoff time.Duration
+	retryAt time.Time
 	cond    *sync.Cond
 	members []*durableMember
 	rr      int
@@ -74,6 +80,7 @@ type durableMember struct {
 	max      int
 	inflight map[uint64]jetstream.Msg // stream seq → message, guarded by g.mu
 	gone     bool
+	loads    []LoadHook // what the apps say m holds besides inflight (hub/dispatch.go)
 }
 
 var durableNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -179,11 +186,13 @@ func (g *durableGroup) add(s *Session, sb subRequest, d *durables) *durableMembe
 		sid:      durableSIDBase + d.nextID.Add(1),
 		max:      sb.MaxInFlight,
 		inflight: map[uint64]jetstream.Msg{},
+		loads:    d.h.loadHooksFor(sb.Pattern),
 	}
 	if m.max <= 0 {
 		m.max = d.h.cfg.MaxInFlight
 	}
 	g.members = append(g.members, m)
+	g.cond.Broadcast() // the pull loop may be waiting for a member with room
 	return m
 }
 
@@ -196,7 +205,7 @@ func (d *durables) ensureConsumer(ctx context.Context, spec consumerSpec) error 
 	if err == nil {
 		info := c.CachedInfo()
 		if info.Config.FilterSubject == engine.Subject(sb.Pattern) {
-			return nil
+			return d.prioritize(ctx, stream, c)
 		}
 		// A durable keeps the pattern it was created for. Letting a SUB
 		// re-point it would let any client that may subscribe to some stored
@@ -234,6 +243,8 @@ func (d *durables) ensureConsumer(ctx context.Context, spec consumerSpec) error 
 		MaxDeliver:        -1,
 		MaxAckPending:     10000,
 		InactiveThreshold: idle,
+		PriorityGroups:    []string{priorityGroup},
+		PriorityPolicy:    jetstream.PriorityPolicyPrioritized,
 		// Replicas 0: the consumer inherits its stream's replica count, which
 		// may differ from the engine's default (an existing stream keeps its own).
 	})
@@ -253,38 +264,28 @@ func (d *durables) start(m *durableMember) {
 		return
 	}
 	g.started = true
-	// Pull no further ahead than the local members can take: a message
-	// pulled here but waiting for room is invisible to other hubs' members
-	// until its ack wait runs out, so one slow worker must not hoard a
-	// backlog that an idle worker elsewhere could have taken.
-	room := 0
-	for _, x := range g.members {
-		room += x.max
-	}
 	g.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), engineCallTimeout)
 	defer cancel()
 	c, err := d.h.eng.JS.Consumer(ctx, g.stream, g.name)
-	if err == nil {
-		var cc jetstream.ConsumeContext
-		cc, err = c.Consume(g.handle,
-			jetstream.PullMaxMessages(min(max(room, 1), 64)),
-			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-				d.h.log.Debug("durable consume", "durable", g.name, "err", err)
-			}))
-		if err == nil {
-			g.mu.Lock()
-			g.cc = cc
-			closed := g.closed
-			g.mu.Unlock()
-			if closed {
-				cc.Stop()
-			}
-			return
-		}
+	if err != nil {
+		d.h.log.Error("start durable", "durable", g.name, "err", err)
+		m.s.notify(protocol.CodeUnavailable, fmt.Sprintf("durable %s: %v", g.name, err))
+		return
 	}
-	d.h.log.Error("start durable", "durable", g.name, "err", err)
-	m.s.notify(protocol.CodeUnavailable, fmt.Sprintf("durable %s: %v", g.name, err))
+	// The pull loop asks for no more than the local members have room for:
+	// a message pulled here but waiting for room is invisible to other
+	// hubs' members until its ack wait runs out, so one slow worker must not
+	// hoard a backlog that an idle worker elsewhere could have taken.
+	loopCtx, stop := context.WithCancel(context.Background())
+	g.mu.Lock()
+	g.stop, g.loopDone = stop, make(chan struct{})
+	closed := g.closed
+	g.mu.Unlock()
+	go g.pullLoop(loopCtx, c)
+	if closed {
+		stop()
+	}
 }
 
 // handle gives one stored message to one member with room for it. It blocks
@@ -375,42 +376,22 @@ func (g *durableGroup) handle(msg jetstream.Msg) {
 			h.metrics.deliveryLatency.Observe(time.Since(meta.Timestamp).Seconds())
 			return
 		}
+		if errors.Is(hookErr, ErrDropDelivery) {
+			// An app says no one is to have it: it leaves the durable.
+			if m.inflight[seq] == msg {
+				delete(m.inflight, seq)
+			}
+			g.cond.Broadcast()
+			g.mu.Unlock()
+			_ = msg.TermWithReason("dropped by the app")
+			return
+		}
 		// Refused by a deliver hook, gone, or its session is closing: try another member.
 		if m.inflight[seq] == msg {
 			delete(m.inflight, seq)
 		}
 		tried[m] = true
 	}
-}
-
-// pick returns the member with the most room, avoiding prev when another
-// has room. Called with g.mu held.
-func (g *durableGroup) pick(prev *durableMember, tried map[*durableMember]bool) *durableMember {
-	var best *durableMember
-	bestRoom := 0
-	n := len(g.members)
-	for i := 0; i < n; i++ {
-		m := g.members[(g.rr+i)%n]
-		if m.gone || tried[m] {
-			continue
-		}
-		room := m.max - len(m.inflight)
-		if room <= 0 {
-			continue
-		}
-		if m == prev && n > 1 {
-			room = 0 // last resort
-			if best == nil {
-				best = m
-			}
-			continue
-		}
-		if room > bestRoom {
-			best, bestRoom = m, room
-		}
-	}
-	g.rr++
-	return best
 }
 
 func (h *Hub) runDeliverHooks(s *Session, topic, payload []byte) error {
@@ -487,7 +468,6 @@ func (d *durables) leave(m *durableMember) {
 		g.closed = true
 	}
 	g.cond.Broadcast()
-	cc := g.cc
 	g.mu.Unlock()
 	if last {
 		d.mu.Lock()
@@ -497,27 +477,33 @@ func (d *durables) leave(m *durableMember) {
 		d.mu.Unlock()
 		// Stop pulling before giving anything back: a NAK while this hub still
 		// pulls would hand the message straight back to this closing group.
-		// Drain (not Stop) so that what is already buffered here reaches the
-		// handler, which NAKs it because the group is closed; Stop would
-		// strand those messages until their ack wait ran out.
-		drain(cc)
+		// What the pull requests bring meanwhile is NAKed by handle, since
+		// the group is closed.
+		g.stopPulling()
 	}
 	for _, msg := range held {
 		_ = msg.Nak()
 	}
 }
 
-// drain stops a consumer subscription and waits (briefly) until its
-// buffered messages have been through the handler.
-func drain(cc jetstream.ConsumeContext) {
-	if cc == nil {
+// stopPulling ends the group's pull loop and waits (briefly) until the
+// messages it was handed have been through handle. Its pull requests are
+// withdrawn by dropping their inboxes: the server delivers only to
+// requests whose reply subject still has interest. A message the server
+// sent in the instant before it saw that is lost to this hub and comes
+// back after its ack wait, as with any consumer that stops.
+func (g *durableGroup) stopPulling() {
+	g.mu.Lock()
+	stop, done := g.stop, g.loopDone
+	g.mu.Unlock()
+	if stop == nil {
 		return
 	}
-	cc.Drain()
+	stop()
 	select {
-	case <-cc.Closed():
+	case <-done:
 	case <-time.After(consumerDrainTimeout):
-		cc.Stop()
+		g.d.h.log.Warn("durable pull loop did not stop in time", "durable", g.name, "waited", consumerDrainTimeout)
 	}
 }
 
@@ -533,8 +519,7 @@ func (d *durables) stopAll() {
 		g.mu.Lock()
 		g.closed = true
 		g.cond.Broadcast()
-		cc := g.cc
 		g.mu.Unlock()
-		drain(cc)
+		g.stopPulling()
 	}
 }

@@ -44,6 +44,8 @@ type Hub struct {
 	policy          RolePolicy
 	identifyHooks   []IdentifyHook
 	pubHooks        []patternHook[PublishHook]
+	storeHooks      []patternHook[StoreHook] // hub/storehook.go
+	loadHooks       []patternHook[LoadHook]  // hub/dispatch.go
 	deliverHooks    []patternHook[DeliverHook]
 	subHooks        []patternHook[SubscribeHook]
 	unsubHooks      []patternHook[UnsubscribeHook]

@@ -241,15 +241,16 @@ func (s *Session) publishNow(ctx context.Context, p pubRequest) (uint64, error) 
 	if err := h.runPubHooks(ctx, s.info, p.Key, p.Topic, p.Payload); err != nil {
 		return 0, withCode(err, protocol.CodeRejected)
 	}
-	// publishChecked bounds the wait for the engine itself, on stored topics
+	// publishFrom bounds the wait for the engine itself, on stored topics
 	// only: a timer per live publish was a quarter of the hub's allocations.
-	// The engine gets the client's message id scoped to its identity
+	// An app that stores the topic itself (StoreHook) sees the client's
+	// message id; the engine gets it scoped to the client's identity
 	// (msgid.go), so no client can pre-empt another's.
-	seq, err := h.publishChecked(ctx, p.Topic, scopeKey(s.keyScope, p.Key), p.Payload, p.Stored)
+	seq, logged, err := h.publishFrom(ctx, s.info, s.keyScope, p.Topic, p.Key, p.Payload, p.Stored)
 	if err != nil {
 		return 0, withCode(err, protocol.CodeUnavailable)
 	}
-	h.logEvent(p.Topic, p.Payload)
+	h.logEvent(p.Topic, logged)
 	return seq, nil
 }
 

@@ -53,9 +53,9 @@ const (
 	// double ack): an acknowledgement is one small write.
 	ackConfirmTimeout = 5 * time.Second
 
-	// consumerDrainTimeout bounds the drain of a durable's consumer when its
-	// last local member leaves: what is buffered goes back through the
-	// handler (and is handed back), and then the consumer is stopped.
+	// consumerDrainTimeout bounds the stop of a durable's pull loop when its
+	// last local member leaves: what its pull requests were bringing goes
+	// back through the handler (and is handed back).
 	consumerDrainTimeout = 5 * time.Second
 
 	// sharedDurableIdle is how long JetStream keeps a shared durable's
@@ -64,6 +64,13 @@ const (
 	// still told of its deliveries, a durable name used once does not stay
 	// for ever. A session's own durables have Config.DurableIdle.
 	sharedDurableIdle = 30 * 24 * time.Hour
+
+	// pullWait is how long a durable's pull request at the best priority
+	// waits at the server for messages (it cannot improve: it may wait
+	// long); pullWaitBusy a request at a lower priority, so that one sent
+	// while the hub's members were busy does not linger (hub/dispatch.go).
+	pullWait     = 30 * time.Second
+	pullWaitBusy = 5 * time.Second
 
 	// writeTimeout bounds one batch written to a client: a peer whose
 	// socket takes nothing for this long is gone (the queue limit,
