@@ -22,7 +22,10 @@ prints "DRIVER[<name>]: picked up <orderID>", waits --deliver-delay, reports
 delivered and prints "DRIVER[<name>]: delivered <orderID>". It carries up to
 --capacity orders at once. A pickup it has not reported in-transit goes to
 another driver if it disappears. Give each driver its own --name: the hub lets
-only the driver holding an order move it on.`,
+only the driver holding an order move it on. With --fail-rate some attempts
+fail ("DRIVER[<name>]: failed <orderID> …"); the hub offers the order to the
+drivers again, and after its last attempt the driver returns it to its store
+("DRIVER[<name>]: returned <orderID> to <store>").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logger(cmd)
@@ -49,6 +52,7 @@ only the driver holding an order move it on.`,
 	f.DurationVar(&cfg.PickupDelay, "pickup-delay", time.Second, "time from a pickup to in-transit")
 	f.DurationVar(&cfg.DeliverDelay, "deliver-delay", 3*time.Second, "time from in-transit to delivered")
 	f.IntVar(&cfg.Capacity, "capacity", 5, "orders carried at once")
+	f.Float64Var(&cfg.FailRate, "fail-rate", 0, "share of delivery attempts that fail, 0 to 1 (recipient absent: the hub offers the order again, and after its last attempt the driver returns it)")
 	f.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "give up when the hub is unreachable this long")
 	return cmd
 }

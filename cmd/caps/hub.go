@@ -16,6 +16,7 @@ import (
 
 func newHubCmd() *cobra.Command {
 	var cfg hub.Config
+	var orders parcel.Options
 	var syncAlways bool
 	var natsCluster, natsRoutes, natsClient, natsClusterName string
 	var origins, httpHosts string
@@ -86,7 +87,7 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 			if err := sec.apply(cmd.Context(), &cfg); err != nil {
 				return err
 			}
-			apps, err := hubApps(cmd, &cfg, chatCfg)
+			apps, err := hubApps(orders, chatCfg)
 			if err != nil {
 				return err
 			}
@@ -151,15 +152,22 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.IntVar(&chatCfg.MaxRooms, "chat-max-rooms", 1000, "chat rooms that may have stored messages; the first message of one more is refused (too_many_rooms)")
 	f.IntVar(&chatCfg.MaxRoomsPerClient, "chat-rooms-per-client", 50, "chat rooms one chat client may be in at once (too_many_rooms)")
 	f.Int64Var(&chatCfg.PresenceMaxBytes, "chat-presence-max-bytes", 64<<20, "bytes of chat names and room memberships (bucket CHAT_PRESENCE)")
+	// Orders (docs/OPERATIONS.md, Limits).
+	f.IntVar(&orders.MaxAttempts, "max-attempts", 3, "delivery attempts of an order: a failed attempt before the last is offered to the drivers again")
+	f.Int64Var(&orders.MaxBytes, "parcel-max-bytes", parcel.DefaultMaxBytes, "bytes the order events may take on disk; new orders are refused (store_full) at 90%, so that those accepted can finish")
+	f.DurationVar(&orders.Retention, "parcel-retention", 7*24*time.Hour, "how long a finished order (delivered, returned, cancelled) is kept; orders in flight are kept however old")
 	sec.addFlags(cmd)
 	return cmd
 }
 
 // hubApps builds the applications the hub serves (parcel dispatcher, chat).
-func hubApps(_ *cobra.Command, _ *hub.Config, chatCfg chat.AppConfig) ([]hub.App, error) {
+func hubApps(orders parcel.Options, chatCfg chat.AppConfig) ([]hub.App, error) {
+	if orders.MaxAttempts < 1 || orders.MaxBytes < 1<<20 || orders.Retention < time.Minute {
+		return nil, fmt.Errorf("--max-attempts must be at least 1, --parcel-max-bytes at least 1 MiB and --parcel-retention at least 1m")
+	}
 	var apps []hub.App
 	// Parcels: order state, lifecycle rules, tracking (vendors, drivers).
-	apps = append(apps, parcel.NewDispatcher(parcel.Options{}))
+	apps = append(apps, parcel.NewDispatcher(orders))
 	// Chat: rooms, presence, history and private messages (role chat).
 	apps = append(apps, chat.NewApp(chatCfg))
 	// The web dashboard, at / on the HTTP port.

@@ -37,6 +37,7 @@ func main() {
 		newLoggerCmd(),
 		newTrackCmd(),
 		newDemoCmd(),
+		newMigrateCmd(),
 	)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "caps:", err)

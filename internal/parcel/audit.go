@@ -2,14 +2,10 @@ package parcel
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/caps-hub/caps/hub"
 )
 
 // Audit is what the engine holds about a set of orders: how many times each
@@ -18,66 +14,46 @@ import (
 type Audit struct {
 	// Events counts stored events by order id and event name.
 	Events map[string]map[string]int
-	// Orders holds each order's record (absent when the bucket has none).
+	// Orders holds each order's state and timeline (absent when the stream
+	// has none of its events).
 	Orders map[string]*Order
 }
 
-// Audit reads every stored parcel event and the records of the orders in
-// ids. It reads the whole stream, so it is meant for tests and the demo,
-// not for a hub with months of traffic.
+// Audit reads every stored order event and the orders in ids. It reads the
+// whole stream, so it is meant for tests and the demo, not for a hub with
+// months of traffic.
 func (d *Dispatcher) Audit(ctx context.Context, ids []string) (*Audit, error) {
 	a := &Audit{Events: map[string]map[string]int{}, Orders: map[string]*Order{}}
-	js := d.host.JetStream()
-	cons, err := js.OrderedConsumer(ctx, StreamName, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{hub.Subject(topicRoot + ".>")},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	err := d.scan(ctx, topicRoot+".>", jetstream.DeliverAllPolicy, func(m jetstream.Msg, _ *jetstream.MsgMetadata) bool {
+		r, err := decodeRecord(m.Data(), m.Headers())
+		if err != nil {
+			return true
+		}
+		if a.Events[r.OrderID] == nil {
+			a.Events[r.OrderID] = map[string]int{}
+		}
+		a.Events[r.OrderID][r.Event]++
+		return true
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	pending := int(cons.CachedInfo().NumPending)
-	for read := 0; read < pending; {
-		batch, err := cons.Fetch(min(pending-read, 256), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("audit: %w", err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			event, _, ok := SplitTopic(hub.TopicOf(m.Subject()))
-			if !ok {
-				continue
-			}
-			var ev Event
-			if json.Unmarshal(m.Data(), &ev) != nil {
-				continue
-			}
-			id, err := NormalizeID(ev.OrderID)
-			if err != nil {
-				continue
-			}
-			if a.Events[id] == nil {
-				a.Events[id] = map[string]int{}
-			}
-			a.Events[id][event]++
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return nil, fmt.Errorf("audit: %w", err)
-		}
-		if got == 0 {
-			return nil, fmt.Errorf("audit: read %d of %d stored events", read, pending)
-		}
-		read += got
-	}
+	// The orders asked for are read from the stream leader, and their events
+	// counted from that read: the scan above may run on a replica a moment
+	// behind (a cluster).
 	for _, id := range ids {
-		o, _, err := d.get(ctx, id)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
+		recs, _, err := d.store.records(ctx, id)
+		if errors.Is(err, errNoOrder) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("audit: order %s: %w", id, err)
 		}
-		a.Orders[id] = o
+		a.Orders[id] = orderOf(recs)
+		a.Events[id] = map[string]int{}
+		for _, r := range recs {
+			a.Events[id][r.Event]++
+		}
 	}
 	return a, nil
 }

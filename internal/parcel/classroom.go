@@ -13,7 +13,9 @@ package parcel
 //   - its in-transit acknowledges the pickup it was handed (the classroom
 //     protocol has no acks), and the dispatcher holds it to the same holder
 //     and lifecycle rules as a native driver (the hub names it
-//     "classroom-<hex>");
+//     "classroom-<hex>", and its events' topics end with that name);
+//   - it is handed the stored order record of each pickup, and whatever it
+//     echoes of it with its own events is accepted;
 //   - its first pickup makes a connection the vendor of that store, for good:
 //     it leaves the drivers' queue (handing back anything it held) and joins
 //     the store's durable notifications, shared with native vendors of the
@@ -29,11 +31,12 @@ var _ hub.ClassroomRouter = (*Dispatcher)(nil)
 // ClassroomIdle makes a silent classroom connection a driver.
 func (d *Dispatcher) ClassroomIdle() (hub.ClassroomPersona, bool) { return classroomDriver(), true }
 
-// ClassroomRoute maps the classroom's pickup, in-transit and delivered events to
-// parcel topics; other events are not the parcel service's.
+// ClassroomRoute maps the classroom's events to order topics: pickup (and
+// cancelled) from a vendor, in-transit, delivered, failed and returned from
+// a driver; other events are not the parcel service's.
 func (d *Dispatcher) ClassroomRoute(s hub.SessionInfo, event string, payload []byte) (hub.ClassroomRoute, bool, error) {
 	switch event {
-	case EventPickup, EventInTransit, EventDelivered:
+	case EventPickup, EventCancelled, EventInTransit, EventDelivered, EventFailed, EventReturned:
 	default:
 		return hub.ClassroomRoute{}, false, nil
 	}
@@ -41,13 +44,14 @@ func (d *Dispatcher) ClassroomRoute(s hub.SessionInfo, event string, payload []b
 	if err != nil {
 		return hub.ClassroomRoute{}, true, reject(err)
 	}
-	// The same message ids as the native clients: a repeated event is a
-	// retry the dispatcher accepts once and the engine stores once.
-	r := hub.ClassroomRoute{Topic: Topic(event, ev.Store), Key: msgID(ev.OrderID, event)}
-	if event == EventPickup {
+	// A repeated event is a retry the dispatcher recognises by this id (the
+	// classroom protocol has none of its own).
+	r := hub.ClassroomRoute{Key: msgID(ev.OrderID, event)}
+	if event == EventPickup || event == EventCancelled {
 		if s.Role == protocol.RoleVendor && StoreOf(s) != ev.Store {
-			return r, true, reject(refuse(RuleWrongStore, "this classroom connection posts pickups for store %s, not %s", StoreOf(s), ev.Store))
+			return r, true, reject(refuse(RuleWrongStore, "this classroom connection posts orders for store %s, not %s", StoreOf(s), ev.Store))
 		}
+		r.Topic = Topic(ev.Store, ev.OrderID, event, "")
 		p := classroomVendor(ev.Store)
 		r.Persona = &p
 		return r, true, nil
@@ -55,6 +59,7 @@ func (d *Dispatcher) ClassroomRoute(s hub.SessionInfo, event string, payload []b
 	if s.Role == protocol.RoleVendor {
 		return r, true, reject(refuse(RuleNotHolder, "this classroom connection is the vendor of %s; a driver reports %s on a connection of its own", StoreOf(s), event))
 	}
+	r.Topic = Topic(ev.Store, ev.OrderID, event, s.Name)
 	p := classroomDriver()
 	r.Persona = &p
 	if event == EventInTransit {
@@ -65,23 +70,23 @@ func (d *Dispatcher) ClassroomRoute(s hub.SessionInfo, event string, payload []b
 
 func classroomDriver() hub.ClassroomPersona {
 	return hub.ClassroomPersona{Role: protocol.RoleDriver, Subs: []hub.ClassroomSub{{
-		Pattern: Topic(EventPickup, "*"), Durable: DriversDurable, DeliverAll: true,
+		Pattern: PickupPattern, Durable: DriversDurable, DeliverAll: true,
 		MaxInFlight: 1, AckKey: pickupAckKey,
 	}}}
 }
 
 func classroomVendor(store string) hub.ClassroomPersona {
 	return hub.ClassroomPersona{Role: protocol.RoleVendor, Attrs: map[string]string{StoreAttr: store}, Subs: []hub.ClassroomSub{{
-		Pattern: Topic(EventDelivered, store), Durable: VendorDurable(store), DeliverAll: true,
+		Pattern: MailboxPattern(store), Durable: VendorDurable(store), DeliverAll: true,
 		MaxInFlight: 1,
 	}}}
 }
 
-// pickupAckKey names a pickup delivery by its (normalised) order id.
-func pickupAckKey(_ string, payload []byte) string {
-	ev, err := ParsePayload(payload)
-	if err != nil {
+// pickupAckKey names a pickup delivery by its order id.
+func pickupAckKey(topic string, _ []byte) string {
+	p, ok := SplitTopic(topic)
+	if !ok {
 		return ""
 	}
-	return ev.OrderID
+	return p.OrderID
 }

@@ -344,7 +344,7 @@ func summarize(ids []string, thanked map[string]int, a *Audit) DemoSummary {
 		stored := a.Events[id][EventDelivered]
 		if o != nil && o.Status == StatusDelivered && stored > 0 && thanked[id] > 0 {
 			s.Delivered++
-			lat = append(lat, o.At(StatusDelivered).Sub(o.At(StatusPickup)))
+			lat = append(lat, o.At(StatusDelivered).Sub(o.At(StatusCreated)))
 		}
 		s.Duplicates += max(0, stored-1) + max(0, thanked[id]-1) + max(0, a.Events[id][EventPickup]-1) + max(0, a.Events[id][EventInTransit]-1)
 	}

@@ -2,103 +2,142 @@ package parcel
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/protocol"
 )
 
 // Names of the engine objects and services the parcel service uses.
 const (
-	// StreamName stores every parcel event (parcel.>).
+	// StreamName stores every order event (parcel.>): the orders' only state.
 	StreamName = "CAPS_PARCELS"
-	// BucketName is the KV bucket holding each order's state.
-	BucketName = "CAPS_ORDERS"
+	// SecretsBucket holds the secrets of the orders that have them (the
+	// PIN of proof of delivery, the customer's tracking code), out of the
+	// event stream that drivers, loggers and webhooks read.
+	SecretsBucket = "CAPS_ORDER_SECRETS"
 	// TrackService answers REQ frames with an order's timeline.
 	TrackService = "parcel.track"
-	// HeldService answers a driver with the orders it carries in transit,
-	// so a driver that restarts under its name delivers them.
+	// HeldService answers a driver with the orders it carries in transit
+	// (and those it must return), so a driver that restarts under its name
+	// delivers them.
 	HeldService = "parcel.held"
-	// HeldBucket indexes the orders in transit by driver ("<driver>.<orderID>").
-	HeldBucket = "CAPS_HELD"
+	// SecretService answers a store with an order's PIN and tracking code.
+	SecretService = "parcel.secret"
 	// DriversDurable is the durable subscription drivers share: the work queue.
 	DriversDurable = "drivers"
 )
 
 // Options configure the Dispatcher. Zero values select the defaults.
 type Options struct {
-	// Retention is how long parcel events stay in the stream (default 7 days).
+	// MaxAttempts bounds the delivery attempts of an order (default 3): a
+	// failed attempt before the last is offered to the drivers again.
+	MaxAttempts int
+	// MaxBytes bounds the parcel stream on disk (default 256 MiB: some
+	// 150,000 orders, weeks of a busy courier's). New orders
+	// are refused (store_full) once what is stored, plus what the orders in
+	// flight will still store, reaches 90% of it: the orders accepted can
+	// always finish (the last 10% is for failed attempts and hand-overs);
+	// nothing stored is ever discarded to make room.
+	MaxBytes int64
+	// Retention is how long a finished order (delivered, returned,
+	// cancelled) is kept after it finished, and its vendor told (default 7
+	// days). An unfinished order is kept however old.
 	Retention time.Duration
-	// OrderTTL is how long an order's record lives after its last change
-	// (default 30 days).
-	OrderTTL time.Duration
+	// SweepEvery is how often finished orders past Retention are removed,
+	// and failed orders whose offer was interrupted are offered again
+	// (default 1 minute).
+	SweepEvery time.Duration
+	// CacheSize is how many orders' last events the hub keeps in memory to
+	// spare a read per transition (default 65,536).
+	CacheSize int
 }
 
-// Dispatcher is the hub application that owns the parcel domain: it stores
-// the parcel events, keeps every order's state in a JetStream KV bucket, and
-// enforces the rules of the order lifecycle on every publish.
-//
-// Consistency: a publish hook runs before the hub stores the event, so the
-// dispatcher writes the order's new state first (with a compare-and-set on
-// the KV revision, so two hubs can never both win a transition) and the hub
-// stores the event after. If storing then fails, or the hub dies in between,
-// the client gets no OK and retries the same publish with the same message
-// id: a retry of the transition the order has already made, by the same
-// client with the same message id, is accepted without changing anything,
-// and the engine's de-duplication stores the event once. The CAPS vendor
-// and driver always give their publishes such ids ("<orderID>.<event>").
-// Anything else that repeats a transition is refused.
+func (o *Options) defaults() {
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 3
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.Retention <= 0 {
+		o.Retention = 7 * 24 * time.Hour
+	}
+	if o.SweepEvery <= 0 {
+		o.SweepEvery = time.Minute
+	}
+	if o.CacheSize <= 0 {
+		o.CacheSize = 1 << 16
+	}
+}
+
+// DefaultMaxBytes is the default bound of the order events on disk. The
+// engine reserves it (on every replica), so it is kept to what a small
+// server can spare.
+const DefaultMaxBytes = 256 << 20
+
+// fullRatio is the share of MaxBytes past which new orders are refused.
+const fullRatio = 0.9
+
+// Dispatcher is the hub application that owns the parcel domain. An order's
+// events, stored in the parcel stream, are its state: the dispatcher checks
+// every event a client sends against the lifecycle (lifecycle.go) and the
+// order's last event, and stores it with optimistic concurrency on the
+// order's subjects (store.go), so that of two hubs racing on one order one
+// wins and the other's refused write changes nothing. See
+// docs/ARCHITECTURE.md, "The parcel state machine".
 type Dispatcher struct {
 	opts    Options
 	host    *hub.Host
-	kv      jetstream.KeyValue
-	held    jetstream.KeyValue // orders in transit, by driver
-	metrics *orderMetrics      // internal/parcel/metrics.go
+	js      jetstream.JetStream
+	store   *orderStore
+	secrets jetstream.KeyValue
+	metrics *orderMetrics
+	loads   loadBook
+	full    atomic.Bool // new orders are refused for room (for the log)
 }
 
 // NewDispatcher returns the parcel application, to be put in hub.Config.Apps.
 func NewDispatcher(opts Options) *Dispatcher {
-	if opts.Retention <= 0 {
-		opts.Retention = 7 * 24 * time.Hour
-	}
-	if opts.OrderTTL <= 0 {
-		opts.OrderTTL = 30 * 24 * time.Hour
-	}
-	return &Dispatcher{opts: opts}
+	opts.defaults()
+	return &Dispatcher{opts: opts, loads: loadBook{n: map[string]int{}}}
 }
 
-// Setup declares the stream, the bucket, the permissions, the hooks and the
-// tracking service.
+// Setup declares the stream, the secrets bucket, the permissions, the hooks
+// and the services, and starts the sweeper.
 func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
-	d.host = h
-	if err := h.AddStream(ctx, hub.StreamSpec{Name: StreamName, Topics: []string{topicRoot + ".>"}, MaxAge: d.opts.Retention}); err != nil {
+	d.host, d.js = h, h.JetStream()
+	if err := checkLayout(ctx, d.js); err != nil {
+		return err
+	}
+	if err := h.AddStream(ctx, streamSpec(d.opts)); err != nil {
 		return fmt.Errorf("parcel stream: %w", err)
 	}
-	kv, err := h.KeyValue(ctx, hub.BucketSpec{Bucket: BucketName, History: 5, TTL: d.opts.OrderTTL})
+	stream, err := lookupStream(ctx, d.js)
 	if err != nil {
-		return fmt.Errorf("orders bucket: %w", err)
+		return fmt.Errorf("parcel stream: %w", err)
 	}
-	d.kv = kv
-	if d.held, err = h.KeyValue(ctx, hub.BucketSpec{Bucket: HeldBucket, TTL: d.opts.OrderTTL}); err != nil {
-		return fmt.Errorf("held bucket: %w", err)
+	d.store = &orderStore{save: h.Store, stream: stream, cache: newRecordCache(d.opts.CacheSize)}
+	// A secret outlives its order by a month (a late look at the tracking
+	// page); a new order that needs one is refused when the bucket is full.
+	if d.secrets, err = h.KeyValue(ctx, hub.BucketSpec{Bucket: SecretsBucket, TTL: d.opts.Retention + 30*24*time.Hour,
+		MaxBytes: max(d.opts.MaxBytes/16, 1<<20), MaxValueSize: 512}); err != nil {
+		return fmt.Errorf("order secrets bucket: %w", err)
 	}
 	if d.metrics, err = newOrderMetrics(h.Metrics()); err != nil {
 		return fmt.Errorf("order metrics: %w", err)
 	}
 
-	// EVENT lines and classroom objects say "pickup", not "parcel.pickup.acme".
-	h.NameEvents(topicRoot+".>", func(topic string) string {
-		if ev, _, ok := SplitTopic(topic); ok {
-			return ev
-		}
-		return topic
-	})
+	// EVENT lines and classroom objects say "pickup", not the whole topic.
+	h.NameEvents(topicRoot+".>", EventName)
 	// A vendor's store is an attribute of its identity, which its
 	// permissions name as {store}: from its token on a hub with --auth; on an
 	// open hub, where anyone may claim any role, its name.
@@ -109,13 +148,16 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	// drivers share the drivers' queue, and only a store's vendor its
 	// mailbox. Others (a logger) read copies, or durables of their own.
 	h.Grant(protocol.RoleVendor, hub.Permissions{
-		Publish:   []string{Topic(EventPickup, "{store}")},
-		Subscribe: []string{topicRoot + ".*.{store}"},
+		Publish:   []string{Topic("{store}", "*", EventPickup, ""), Topic("{store}", "*", EventCancelled, "")},
+		Subscribe: []string{StorePattern("{store}")},
 		Durable:   []string{VendorDurable("{store}")},
 	})
 	h.Grant(protocol.RoleDriver, hub.Permissions{
-		Publish:   []string{Topic(EventInTransit, "*"), Topic(EventDelivered, "*")},
-		Subscribe: []string{Topic(EventPickup, "*")},
+		Publish: []string{
+			Topic("*", "*", EventInTransit, "{name}"), Topic("*", "*", EventDelivered, "{name}"),
+			Topic("*", "*", EventFailed, "{name}"), Topic("*", "*", EventReturned, "{name}"),
+		},
+		Subscribe: []string{PickupPattern, driverPattern("{name}")},
 		Durable:   []string{DriversDurable},
 	})
 	// Generic clients may use any other topic, but parcel events carry
@@ -127,11 +169,47 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	// A driver's name is who holds its parcels: one connection at a time
 	// may be that driver (a second is refused unless it resumes the first).
 	h.ExclusiveName(protocol.RoleDriver)
-	h.OnPublish(topicRoot+".>", d.onPublish)
-	h.OnDeliver(Topic(EventPickup, "*"), d.onDeliver)
+	h.OnStore(topicRoot+".>", d.onStore)
+	h.OnDeliver(PickupPattern, d.onDeliver)
+	h.OnLoad(PickupPattern, d.loadOf)
 	h.Handle(TrackService, d.track)
 	h.Handle(HeldService, d.heldBy)
+	h.Handle(SecretService, d.secret)
+	go d.sweep(ctx)
 	return nil
+}
+
+// streamSpec is the parcel stream: bounded in bytes, and never discarding
+// what it holds to make room (DiscardNew: a full stream refuses writes, and
+// the dispatcher refuses new orders well before that). Finished orders are
+// removed by the sweeper after Retention; there is no age limit, which would
+// drop orders still in flight.
+func streamSpec(o Options) hub.StreamSpec {
+	return hub.StreamSpec{
+		Name: StreamName, Topics: []string{topicRoot + ".>"},
+		MaxBytes: o.MaxBytes, Discard: jetstream.DiscardNew,
+		// One subject per order and event (and driver): a pickup handed back
+		// and forth between two drivers keeps its latest assignments.
+		MaxMsgsPerSubject: 16,
+		MaxMsgSize:        2 * MaxPayload,
+	}
+}
+
+// lookupStream binds the parcel stream. On a cluster, a stream another
+// hub has just created may not be visible from this hub's server for a
+// moment: it asks again until ctx ends.
+func lookupStream(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
+	for {
+		s, err := js.Stream(ctx, StreamName)
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return s, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (waited for it: %w)", err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // StoreAttr is the identity attribute naming a vendor's store
@@ -150,256 +228,299 @@ func vendorStoreIsName(id hub.Identity) hub.Identity {
 	return id
 }
 
-// maxAttempts bounds the compare-and-set retries of one transition.
-const maxAttempts = 8
+// maxTries bounds how often one transition is judged again after losing a
+// race.
+const maxTries = 8
 
-// onPublish enforces the lifecycle on a client's parcel event.
-func (d *Dispatcher) onPublish(ctx context.Context, s hub.SessionInfo, topic string, payload []byte) error {
-	event, store, ok := SplitTopic(topic)
+// onStore checks a client's order event and stores it (hub.StoreHook).
+func (d *Dispatcher) onStore(ctx context.Context, s hub.SessionInfo, topic string, payload []byte) (hub.Stored, error) {
+	tp, ok := SplitTopic(topic)
 	if !ok {
-		return reject(refuse(RuleUnknownEvent, "parcel topics are parcel.<pickup|in-transit|delivered>.<store>, not %q", topic))
+		return d.refused(refuse(RuleUnknownEvent, "order topics are parcel.<store>.<orderID>.<pickup|cancelled> or parcel.<store>.<orderID>.<in-transit|delivered|failed|returned>.<driver>, not %q", clip(topic)))
 	}
-	ev, err := ParsePayload(payload)
+	ev, err := parseEvent(payload, tp.Event)
 	if err != nil {
-		return reject(err)
+		return d.refused(err)
 	}
-	if ev.Store != store {
-		return reject(refuse(RuleWrongStore, "the payload's store %q differs from the topic's %q", ev.Store, store))
-	}
-	key := hub.PublishKey(ctx)
-	switch event {
-	case EventPickup:
-		if s.Role == protocol.RoleVendor && StoreOf(s) != store {
-			return reject(refuse(RuleWrongStore, "vendor %s may only post pickups for its own store %q", s.Name, StoreOf(s)))
+	switch {
+	case ev.Store != tp.Store:
+		return d.refused(refuse(RuleWrongStore, "the payload's store %q differs from the topic's %q", ev.Store, tp.Store))
+	case ev.OrderID != tp.OrderID:
+		if strings.EqualFold(ev.OrderID, tp.OrderID) {
+			return d.refused(refuse(RuleBadOrderID, "the topic's orderID must be in lower case (%s)", ev.OrderID))
 		}
-		return d.pickup(ctx, s, ev.Parcel, key)
-	case EventInTransit:
-		return d.advance(ctx, s, StatusInTransit, ev.Parcel, key)
+		return d.refused(refuse(RuleMismatch, "the payload's orderID %s differs from the topic's %q", ev.OrderID, clip(tp.OrderID)))
+	}
+	m := move{event: tp.Event, p: ev, key: keyDigest(hub.PublishKey(ctx)), hub: d.host.HubName(), now: time.Now(), maxAttempts: d.opts.MaxAttempts}
+	switch tp.Event {
+	case EventPickup, EventCancelled:
+		if s.Role == protocol.RoleVendor && StoreOf(s) != tp.Store {
+			return d.refused(refuse(RuleWrongStore, "vendor %s may only post and cancel orders of its own store %q", s.Name, StoreOf(s)))
+		}
+		m.by = tp.Store
+	case EventAssigned:
+		return d.refused(refuse(RuleUnknownEvent, "assigned is recorded by the hub when it hands a pickup to a driver"))
 	default:
-		return d.advance(ctx, s, StatusDelivered, ev.Parcel, key)
+		if tp.Driver != s.Name {
+			return d.refused(refuse(RuleNotHolder, "%s %s may not report for driver %s", s.Role, s.Name, tp.Driver))
+		}
+		m.by = s.Name
 	}
+	if tp.Event == EventPickup {
+		return d.create(ctx, m)
+	}
+	return d.change(ctx, m)
 }
 
-func (d *Dispatcher) pickup(ctx context.Context, s hub.SessionInfo, p Parcel, key string) error {
-	for range maxAttempts {
-		o, _, err := d.get(ctx, p.OrderID)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			o := newOrder(p, s.Name, d.host.HubName(), key, time.Now())
-			b, _ := json.Marshal(o)
-			if _, err := d.kv.Create(ctx, p.OrderID, b); err != nil {
-				if errors.Is(err, jetstream.ErrKeyExists) {
-					continue // created meanwhile: judge it against that one
-				}
-				return unavailable(err)
-			}
-			d.metrics.record(o)
-			return nil
-		case err != nil:
-			return unavailable(err)
-		}
-		return reject(repeatPickup(o, p, key))
+// create stores a new order's pickup, or recognises the retry of the very
+// publish that created it.
+func (d *Dispatcher) create(ctx context.Context, m move) (hub.Stored, error) {
+	if d.nearlyFull() {
+		d.metrics.refused(RuleStoreFull)
+		return hub.Stored{}, hub.Reject(protocol.CodeStoreFull, fmt.Sprintf("%s: the order store is %d%% full; new orders are refused until finished orders expire or an operator raises --parcel-max-bytes", RuleStoreFull, int(fullRatio*100)))
 	}
-	return unavailable(errContention)
-}
-
-func (d *Dispatcher) advance(ctx context.Context, s hub.SessionInfo, to Status, p Parcel, key string) error {
-	for range maxAttempts {
-		o, rev, err := d.get(ctx, p.OrderID)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			return reject(refuse(RuleNoSuchOrder, "no order %s", p.OrderID))
-		case err != nil:
-			return unavailable(err)
-		}
-		n, err := advance(o, to, p, s.Name, d.host.HubName(), key, time.Now())
-		if err != nil {
-			return reject(err)
-		}
-		if n == nil {
-			return nil // a retry of the transition already made
-		}
-		// The index first: an entry whose order did not move is ignored
-		// (and dropped) by heldBy; a missing one would strand the parcel.
-		hk := heldKey(s.Name, p.OrderID)
-		if to == StatusInTransit {
-			if _, err := d.held.Put(ctx, hk, nil); err != nil {
-				return unavailable(err)
-			}
-		}
-		if err := d.put(ctx, n, rev); err != nil {
-			if isConflict(err) {
-				continue // changed meanwhile (a hand-over, another hub): judge again
-			}
-			return unavailable(err)
-		}
-		if to == StatusDelivered {
-			if err := d.held.Delete(ctx, hk); err != nil {
-				d.host.Logger().Debug("drop held index entry", "key", hk, "err", err)
-			}
-		}
-		return nil
-	}
-	return unavailable(errContention)
-}
-
-func heldKey(driver, orderID string) string { return driver + "." + orderID }
-
-// heldBy answers parcel.held: the orders the calling driver carries in
-// transit, as a JSON array. A driver that died with parcels in its van asks
-// when it comes back, and delivers them.
-func (d *Dispatcher) heldBy(ctx context.Context, s hub.SessionInfo, _ []byte) ([]byte, error) {
-	if s.Role != protocol.RoleDriver {
-		return nil, hub.Reject(protocol.CodeForbidden, fmt.Sprintf("%s %s is not a driver", s.Role, s.Name))
-	}
-	lister, err := d.held.ListKeysFiltered(ctx, s.Name+".*")
+	dec, err := judge(nil, m)
 	if err != nil {
-		return nil, unavailable(err)
+		return d.refused(err)
 	}
-	var keys []string
-	for k := range lister.Keys() { // read them all: the lister's goroutine waits on us
-		keys = append(keys, k)
-	}
-	orders := []*Order{}
-	for _, k := range keys {
-		id := strings.TrimPrefix(k, s.Name+".")
-		o, _, err := d.get(ctx, id)
-		switch {
-		case err == nil && o.Driver == s.Name && o.Status == StatusInTransit:
-			orders = append(orders, o.public())
-			continue
-		case err == nil && o.Driver == s.Name && (o.Status == StatusPickup || o.Status == StatusAssigned):
-			continue // its in-transit is being recorded right now
-		case err != nil && !errors.Is(err, jetstream.ErrKeyNotFound):
-			return nil, unavailable(err)
+	if m.p.RequirePIN {
+		if err := d.makeSecrets(ctx, m.p.OrderID); err != nil {
+			var pe *protocol.Error
+			if errors.As(err, &pe) {
+				return hub.Stored{}, err
+			}
+			return hub.Stored{}, unavailable(err)
 		}
-		// Delivered, expired, or never moved: not in this driver's van.
-		_ = d.held.Delete(ctx, k)
 	}
-	return json.Marshal(orders)
+	seq, data, err := d.store.write(ctx, dec.next, 0)
+	switch {
+	case err == nil:
+		d.recorded(nil, dec.next)
+		return hub.Stored{Seq: seq, Payload: data}, nil
+	case !errors.Is(err, errConflict):
+		return hub.Stored{}, d.storeErr(err)
+	}
+	// The order exists: a retry of its pickup, or a duplicate.
+	recs, _, err := d.store.records(ctx, m.p.OrderID)
+	if err != nil {
+		return hub.Stored{}, unavailable(err)
+	}
+	first := recs[0]
+	if m.key != "" && first.key == m.key && first.Store == m.p.Store && first.Customer == m.p.Customer && first.Address == m.p.Address {
+		return hub.Stored{Seq: d.firstSeq(ctx, m.p.Store, m.p.OrderID), Payload: nil}, nil
+	}
+	_, err = judge(recs[len(recs)-1], m)
+	return d.refused(err)
+}
+
+// firstSeq is the sequence of the first event (its pickup) of store's order
+// id, for the OK of a retried pickup; 0 if it cannot be read.
+func (d *Dispatcher) firstSeq(ctx context.Context, store, id string) uint64 {
+	m, err := d.store.stream.GetMsg(ctx, 0, jetstream.WithGetMsgSubject(hub.Subject(orderPattern(store, id))))
+	if err != nil {
+		return 0
+	}
+	return m.Sequence
+}
+
+// change applies a client's event to an existing order.
+func (d *Dispatcher) change(ctx context.Context, m move) (hub.Stored, error) {
+	fresh, attempted := false, ""
+	for range maxTries {
+		cur, seq, err := d.store.last(ctx, m.p.OrderID, m.p.Store, fresh)
+		if err != nil && !errors.Is(err, errNoOrder) {
+			return hub.Stored{}, unavailable(err)
+		}
+		if cur != nil && attempted != "" && cur.EventID == attempted {
+			// Our own write, stored by an attempt whose answer was lost.
+			d.recorded(nil, cur)
+			return hub.Stored{Seq: seq}, nil
+		}
+		dec, err := judge(cur, m)
+		if err != nil || dec.retry {
+			if !fresh {
+				fresh = true // judged from the cache: confirm on the engine's record
+				continue
+			}
+			if err != nil {
+				return d.refused(err)
+			}
+			return hub.Stored{Seq: seq}, nil
+		}
+		if m.event == EventDelivered && cur.RequirePIN {
+			if err := d.checkPIN(ctx, cur.OrderID, m.p.PIN); err != nil {
+				return d.refused(err)
+			}
+		}
+		next := dec.next
+		newSeq, data, err := d.store.write(ctx, next, seq)
+		if errors.Is(err, errConflict) {
+			fresh, attempted = true, next.EventID
+			continue
+		}
+		if err != nil {
+			return hub.Stored{}, d.storeErr(err)
+		}
+		d.recorded(cur, next)
+		if next.Status == StatusFailed {
+			d.offerAgain(ctx, next, newSeq)
+		}
+		return hub.Stored{Seq: newSeq, Payload: data}, nil
+	}
+	return hub.Stored{}, unavailable(errContention)
+}
+
+// offerAgain puts a failed order back in the drivers' work queue when it
+// has attempts left. If this hub dies before it does, the sweeper does it.
+func (d *Dispatcher) offerAgain(ctx context.Context, failed *Record, seq uint64) {
+	next := reoffer(failed, d.host.HubName(), time.Now())
+	if next == nil {
+		return
+	}
+	if _, _, err := d.store.write(ctx, next, seq); err != nil {
+		d.host.Logger().Warn("offer a failed order again: the sweeper will", "order", failed.OrderID, "err", err)
+		return
+	}
+	d.recorded(failed, next)
 }
 
 // onDeliver records which driver a pickup is handed to: that driver now
 // holds the order, and only it may move it on. A redelivery to another
 // driver (the first one vanished or did not acknowledge in time) hands the
-// order over.
+// order over. A pickup of an order that has moved on — in transit or
+// finished, cancelled, offered again since — is dropped: no driver gets it.
 func (d *Dispatcher) onDeliver(ctx context.Context, s hub.SessionInfo, topic string, payload []byte) error {
 	if s.Role != protocol.RoleDriver {
-		return nil // a vendor's durable on its own topics, a logger: not a hand-over
+		return nil // an admin or logger with a durable of its own: not a hand-over
 	}
-	ev, err := ParsePayload(payload)
-	if err != nil {
-		return nil // cannot happen for a stored pickup; the driver will be told at in-transit
+	tp, ok := SplitTopic(topic)
+	if !ok {
+		return hub.ErrDropDelivery
 	}
-	for range maxAttempts {
-		o, rev, err := d.get(ctx, ev.OrderID)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			return nil // expired; the driver is told at in-transit
-		case err != nil:
+	attempt := pickupAttempt(payload)
+	fresh := false
+	for range maxTries {
+		cur, seq, err := d.store.last(ctx, tp.OrderID, tp.Store, fresh)
+		if err != nil && !errors.Is(err, errNoOrder) {
 			// Do not hand out an order whose holder cannot be recorded: the
 			// hub tries again later.
 			return unavailable(err)
 		}
-		n := assign(o, s.Name, d.host.HubName(), time.Now())
-		if n == nil {
-			return nil
+		next, what := assignment(cur, attempt, s.Name, d.host.HubName(), time.Now())
+		if what != handOut && !fresh {
+			fresh = true // judged from the cache: confirm on the engine's record
+			continue
 		}
-		if err := d.put(ctx, n, rev); err != nil {
-			if isConflict(err) {
+		switch what {
+		case dropIt:
+			return hub.ErrDropDelivery
+		case notYet:
+			return unavailable(fmt.Errorf("order %s: its pickup is not visible to reads yet", tp.OrderID))
+		}
+		if next == nil {
+			return nil // held by this driver already
+		}
+		if _, _, err := d.store.write(ctx, next, seq); err != nil {
+			if errors.Is(err, errConflict) {
+				fresh = true
 				continue
 			}
 			return unavailable(err)
 		}
+		d.recorded(cur, next)
 		return nil
 	}
 	return unavailable(errContention)
 }
 
-// track answers parcel.track: the payload is an order id (bare, or JSON
-// {"orderID": …}); the answer is the order with its timeline, as JSON.
-// Vendors see their own store's orders, drivers the orders they hold or
-// held, loggers and admins every order.
-func (d *Dispatcher) track(ctx context.Context, s hub.SessionInfo, payload []byte) ([]byte, error) {
-	id := strings.TrimSpace(string(payload))
-	if strings.HasPrefix(id, "{") {
-		var req struct {
-			OrderID string `json:"orderID"`
-		}
-		if err := json.Unmarshal(payload, &req); err != nil {
-			return nil, hub.Reject(protocol.CodeBadRequest, `track request must be an order id or {"orderID": "…"}`)
-		}
-		id = req.OrderID
+// pickupAttempt reads the attempt a stored pickup offers (1 if unreadable).
+func pickupAttempt(payload []byte) int {
+	r, err := decodeRecord(payload, nil)
+	if err != nil || r.Attempt < 1 {
+		return 1
 	}
-	nid, err := NormalizeID(id)
-	if err != nil {
-		return nil, hub.Reject(protocol.CodeBadRequest, err.Error())
-	}
-	o, _, err := d.get(ctx, nid)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, hub.Reject(protocol.CodeNotFound, "no such order "+nid)
-	}
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	if !mayTrack(s, o) {
-		return nil, hub.Reject(protocol.CodeForbidden, fmt.Sprintf("%s %s may not track order %s", s.Role, s.Name, nid))
-	}
-	return json.Marshal(o.public())
+	return r.Attempt
 }
 
-func mayTrack(s hub.SessionInfo, o *Order) bool {
-	switch s.Role {
-	case protocol.RoleAdmin, protocol.RoleLogger:
-		return true
-	case protocol.RoleVendor:
-		return StoreOf(s) == o.Store
-	case protocol.RoleDriver:
-		for _, st := range o.Timeline {
-			if st.Status != StatusPickup && st.By == s.Name {
-				return true
-			}
-		}
+// recorded updates the metrics and the drivers' loads after a transition
+// this hub stored.
+func (d *Dispatcher) recorded(prev, next *Record) {
+	d.metrics.record(prev, next)
+	switch next.Event {
+	case EventInTransit:
+		d.loads.add(next.Driver, 1)
+	case EventDelivered, EventFailed:
+		d.loads.add(next.Driver, -1)
+		d.host.LoadChanged() // the drivers' queue may pull with a better priority
 	}
-	return false
 }
 
-// Order returns the current state of an order (for tests and tools in the
-// hub's process).
+// loadOf is the hub's load hook for the drivers' queue: the parcels a
+// driver carries in transit (its pickups are acknowledged by then), as this
+// hub recorded them.
+func (d *Dispatcher) loadOf(s hub.SessionInfo) int {
+	if s.Role != protocol.RoleDriver {
+		return 0
+	}
+	return d.loads.get(s.Name)
+}
+
+// loadBook counts the parcels each driver carries in transit.
+type loadBook struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (b *loadBook) add(driver string, k int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if v := b.n[driver] + k; v > 0 {
+		b.n[driver] = v
+	} else {
+		delete(b.n, driver)
+	}
+}
+
+func (b *loadBook) get(driver string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n[driver]
+}
+
+// refused counts a refusal and returns it as the client's error.
+func (d *Dispatcher) refused(err error) (hub.Stored, error) {
+	var r *Refusal
+	if errors.As(err, &r) {
+		d.metrics.refused(r.Rule)
+	}
+	return hub.Stored{}, reject(err)
+}
+
+// nearlyFull reports whether new orders are to be refused for room.
+func (d *Dispatcher) nearlyFull() bool {
+	return float64(d.store.committed.Load()) >= fullRatio*float64(d.opts.MaxBytes)
+}
+
+// storeErr is the client's error for a failed write.
+func (d *Dispatcher) storeErr(err error) error {
+	if engine.IsFull(err) {
+		d.metrics.refused(RuleStoreFull)
+		return hub.Reject(protocol.CodeStoreFull, RuleStoreFull+": the order store is full; nothing was changed")
+	}
+	return unavailable(err)
+}
+
+// Order returns the current state of an order with its timeline, and the
+// sequence of its last event (for tests and tools in the hub's process).
 func (d *Dispatcher) Order(ctx context.Context, id string) (*Order, uint64, error) {
-	return d.get(ctx, id)
-}
-
-func (d *Dispatcher) get(ctx context.Context, id string) (*Order, uint64, error) {
-	e, err := d.kv.Get(ctx, id)
+	recs, seq, err := d.store.records(ctx, id)
 	if err != nil {
 		return nil, 0, err
 	}
-	var o Order
-	if err := json.Unmarshal(e.Value(), &o); err != nil {
-		return nil, 0, fmt.Errorf("order %s: corrupt record: %w", id, err)
-	}
-	return &o, e.Revision(), nil
-}
-
-func (d *Dispatcher) put(ctx context.Context, o *Order, rev uint64) error {
-	b, err := json.Marshal(o)
-	if err != nil {
-		return err
-	}
-	if _, err = d.kv.Update(ctx, o.OrderID, b, rev); err != nil {
-		return err
-	}
-	d.metrics.record(o)
-	return nil
+	return orderOf(recs), seq, nil
 }
 
 var errContention = errors.New("the order kept changing under us")
-
-// isConflict reports whether a KV update lost a compare-and-set race.
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
-}
 
 func reject(err error) error {
 	if err == nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -27,6 +28,13 @@ type DriverConfig struct {
 	// Grace bounds how long a stopping driver keeps delivering the parcels
 	// already in transit (default DeliverDelay plus 5s).
 	Grace time.Duration
+	// FailRate is the share of delivery attempts that fail (0 to 1, default
+	// 0): the driver reports failed (recipient absent) instead of delivered,
+	// and returns the parcel to its store after the order's last attempt.
+	FailRate float64
+	// PIN, when set, gives the customer's PIN for an order that needs proof
+	// of delivery. Without it such an attempt fails (no PIN given).
+	PIN func(ctx context.Context, orderID string) (string, error)
 	// OnDelivered, when set, learns of each delivery the hub accepted.
 	OnDelivered func(orderID string, at time.Time)
 }
@@ -49,6 +57,9 @@ func RunDriver(ctx context.Context, cfg DriverConfig) error {
 	cfg.defaults()
 	if cfg.PickupDelay < 0 || cfg.DeliverDelay < 0 {
 		return errors.New("driver delays must not be negative")
+	}
+	if cfg.FailRate < 0 || cfg.FailRate > 1 {
+		return fmt.Errorf("fail rate %v: want a share between 0 and 1", cfg.FailRate)
 	}
 	if cfg.Capacity <= 0 {
 		cfg.Capacity = 5
@@ -81,7 +92,7 @@ func RunDriver(ctx context.Context, cfg DriverConfig) error {
 	}
 	// Parcels already in the van first, then new pickups.
 	d.resume(ctx)
-	sub, err := s.Subscribe(ctx, Topic(EventPickup, "*"), d.onPickup,
+	sub, err := s.Subscribe(ctx, PickupPattern, d.onPickup,
 		client.Durable(DriversDurable), client.ManualAck(), client.MaxInFlight(cfg.Capacity), client.DeliverAll())
 	if err != nil {
 		return fmt.Errorf("driver %s: subscribe to pickups: %w", cfg.Name, err)
@@ -132,17 +143,26 @@ type driver struct {
 // is acknowledged once the in-transit is accepted.
 type job struct {
 	ev      Event
+	rec     Record // the order as the hub handed it (attempts, proof of delivery)
 	msgs    []*client.Msg
 	transit bool // in-transit accepted
+	// returning: the order failed its last attempt; the parcel goes back.
+	returning bool
 }
 
 func (d *driver) onPickup(m *client.Msg) {
-	ev, err := ParsePayload(m.Payload)
-	if err != nil {
+	// The hub checked the order when it was posted: read it once.
+	var rec Record
+	err := json.Unmarshal(m.Payload, &rec)
+	if err == nil {
+		rec.OrderID, err = NormalizeID(rec.OrderID)
+	}
+	if err != nil || rec.Store == "" {
 		d.cfg.Log.Warn("unreadable pickup; dropping it", "err", err)
 		d.ack(m)
 		return
 	}
+	ev := Event{Parcel: rec.Parcel()}
 	d.mu.Lock()
 	if d.stopping {
 		d.mu.Unlock()
@@ -159,15 +179,16 @@ func (d *driver) onPickup(m *client.Msg) {
 		d.mu.Unlock()
 		return
 	}
-	j := &job{ev: ev, msgs: []*client.Msg{m}}
+	j := &job{ev: ev, rec: rec, msgs: []*client.Msg{m}}
 	d.jobs[ev.OrderID] = j
 	d.wg.Add(1)
 	d.mu.Unlock()
 	go d.run(j)
 }
 
-// resume asks the hub for the parcels this driver already carries in
-// transit (it stopped, or died, before delivering them) and delivers them.
+// resume asks the hub for the parcels this driver already carries (it
+// stopped, or died, before delivering them): it delivers those in transit
+// and returns those whose last attempt failed.
 func (d *driver) resume(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
 	defer cancel()
@@ -187,7 +208,8 @@ func (d *driver) resume(ctx context.Context) {
 			d.mu.Unlock()
 			continue
 		}
-		j := &job{ev: Event{Parcel: o.Parcel()}, transit: true}
+		j := &job{ev: Event{Parcel: o.Parcel()}, transit: true, returning: o.Status == StatusFailed,
+			rec: Record{Attempt: o.Attempt, MaxAttempts: o.MaxAttempts, RequirePIN: o.RequirePIN}}
 		d.jobs[o.OrderID] = j
 		d.wg.Add(1)
 		d.mu.Unlock()
@@ -236,21 +258,66 @@ func (d *driver) run(j *job) {
 		return
 	}
 	ev.Time = time.Now().UTC()
-	if err := d.report(d.deliverCtx, EventDelivered, ev); err != nil {
-		if d.deliverCtx.Err() == nil {
-			d.cfg.Log.Warn("delivery refused; dropping the order", "driver", d.cfg.Name, "order", id, "err", err)
-		}
+	if j.returning {
+		d.finish(j, EventReturned, ev, "returned %s to %s", id, ev.Store)
 		return
 	}
-	d.out.printf("DRIVER[%s]: delivered %s", d.cfg.Name, id)
-	if d.cfg.OnDelivered != nil {
-		d.cfg.OnDelivered(id, time.Now())
+	event, line := EventDelivered, "delivered %s"
+	switch {
+	case d.cfg.FailRate > 0 && rand.Float64() < d.cfg.FailRate:
+		event, line = EventFailed, "failed %s (recipient absent)"
+		ev.Reason = "recipient-absent"
+	case j.rec.RequirePIN:
+		pin, err := d.pin(id)
+		if err != nil {
+			event, line = EventFailed, "failed %s (no PIN)"
+			ev.Reason, ev.Detail = "other", "the customer gave no PIN"
+		}
+		ev.PIN = pin
+	}
+	if !d.finish(j, event, ev, line, id) || event != EventFailed {
+		return
+	}
+	if j.rec.Attempt >= j.rec.MaxAttempts && j.rec.MaxAttempts > 0 {
+		// The last attempt failed: the parcel goes back to its store.
+		if !sleep(d.deliverCtx, d.cfg.DeliverDelay) {
+			return
+		}
+		ev.Time, ev.Reason, ev.Detail, ev.PIN = time.Now().UTC(), "", "", ""
+		d.finish(j, EventReturned, ev, "returned %s to %s", id, ev.Store)
 	}
 }
 
-// report publishes an in-transit or delivered event.
+// finish reports the end of an attempt (delivered, failed, returned) and
+// prints its line; it reports whether the hub accepted it.
+func (d *driver) finish(j *job, event string, ev Event, format string, args ...any) bool {
+	id := j.ev.OrderID
+	if err := d.report(d.deliverCtx, event, ev); err != nil {
+		if d.deliverCtx.Err() == nil {
+			d.cfg.Log.Warn(event+" refused; dropping the order", "driver", d.cfg.Name, "order", id, "err", err)
+		}
+		return false
+	}
+	d.out.printf("DRIVER[%s]: "+format, append([]any{d.cfg.Name}, args...)...)
+	if event == EventDelivered && d.cfg.OnDelivered != nil {
+		d.cfg.OnDelivered(id, time.Now())
+	}
+	return true
+}
+
+// pin asks for an order's PIN.
+func (d *driver) pin(id string) (string, error) {
+	if d.cfg.PIN == nil {
+		return "", errors.New("no PIN source")
+	}
+	ctx, cancel := context.WithTimeout(d.deliverCtx, d.cfg.Timeout)
+	defer cancel()
+	return d.cfg.PIN(ctx, id)
+}
+
+// report publishes one of the driver's events.
 func (d *driver) report(ctx context.Context, event string, ev Event) error {
-	return d.s.publish(ctx, Topic(event, ev.Store), marshalEvent(ev), msgID(ev.OrderID, event), d.cfg.Timeout)
+	return d.s.publish(ctx, Topic(ev.Store, ev.OrderID, event, d.cfg.Name), marshalEvent(ev), msgID(ev.OrderID, event), d.cfg.Timeout)
 }
 
 // settle acknowledges every copy of j's pickup once its in-transit was

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -127,20 +126,6 @@ func (l *eventLogger) write(line LogLine) {
 	if _, err := l.cfg.Out.Write(b); err != nil {
 		l.cfg.Log.Error("logger: write", "err", err)
 	}
-}
-
-// EventName is how a topic is named in logs: a parcel topic by its event
-// ("pickup"), anything else by its topic ("client.connected").
-func EventName(topic string) string {
-	if ev, _, ok := SplitTopic(topic); ok {
-		return ev
-	}
-	if strings.HasPrefix(topic, topicRoot+".") {
-		if parts := strings.SplitN(topic, ".", 3); len(parts) >= 2 {
-			return parts[1]
-		}
-	}
-	return topic
 }
 
 func jsonOrString(p []byte) json.RawMessage {

@@ -2,8 +2,12 @@ package parcel
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -13,39 +17,16 @@ import (
 	"github.com/caps-hub/caps/protocol"
 )
 
-// Topic prefixes and event names. A parcel topic is parcel.<event>.<store>.
+// Limits on what a client may put in an order event.
 const (
-	EventPickup    = "pickup"
-	EventInTransit = "in-transit"
-	EventDelivered = "delivered"
-
-	topicRoot = "parcel"
-)
-
-// Limits on what a client may put in an order.
-const (
-	// MaxField is the longest store, orderID, customer or address, in bytes.
+	// MaxField is the longest store, orderID, customer, address, phone or
+	// reason detail, in bytes.
 	MaxField = 200
-	// MaxPayload is the largest parcel event payload, in bytes.
+	// MaxNote is the longest note a store may leave for the driver.
+	MaxNote = 500
+	// MaxPayload is the largest order event payload a client may send, in bytes.
 	MaxPayload = 4096
 )
-
-// Topic returns the topic of event for store: "parcel.pickup.acme".
-func Topic(event, store string) string { return topicRoot + "." + event + "." + store }
-
-// SplitTopic returns the event and store of a parcel topic, or ok=false when
-// topic is not parcel.<event>.<store> with a known event.
-func SplitTopic(topic string) (event, store string, ok bool) {
-	parts := strings.Split(topic, ".")
-	if len(parts) != 3 || parts[0] != topicRoot {
-		return "", "", false
-	}
-	switch parts[1] {
-	case EventPickup, EventInTransit, EventDelivered:
-		return parts[1], parts[2], true
-	}
-	return "", "", false
-}
 
 // Parcel is the classroom order payload. The field names are the classroom's,
 // so classroom clients interoperate.
@@ -56,54 +37,132 @@ type Parcel struct {
 	Address  string `json:"address"`
 }
 
-// Event is the payload of a parcel event: the order, plus who sent it and
-// when by their clock (informational; the hub's own times are in the order's
-// timeline).
+// Event is what a client sends with an order event. Which fields an event
+// needs and may carry is checked by ParsePayload; a classroom driver echoes
+// the record it was handed (Record's fields) back with its own events, so
+// every field of a Record is accepted too (and the hub's own are ignored).
 type Event struct {
 	Parcel
+	// Phone and Note are optional details of a new order.
+	Phone string `json:"phone,omitempty"`
+	Note  string `json:"note,omitempty"`
+	// RequirePIN asks, with a new order, for proof of delivery: the hub makes
+	// a PIN for the customer, and the driver's delivered must carry it.
+	RequirePIN bool `json:"requirePIN,omitempty"`
+	// PIN is the customer's PIN, on a delivered. It is checked and never stored.
+	PIN string `json:"pin,omitempty"`
+	// Reason (one of FailReasons) and Detail explain a failed attempt.
+	Reason string `json:"reason,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	// Driver and Time are informational: who sent it, by their clock. The
+	// hub records its own.
 	Driver string    `json:"driver,omitempty"`
 	Time   time.Time `json:"time,omitzero"`
 }
 
-// Status is where an order is in its life.
-type Status string
+// Record is the payload of every stored order event: the event and the
+// order as it stands after it. An order's last record is its state; its
+// records in order are its timeline. It carries no secret (the PIN lives in
+// the secrets bucket), so drivers, loggers and webhooks may all read it.
+type Record struct {
+	// EventID is the hub's message id of this event, unique per event: what
+	// a webhook calls the event's id.
+	EventID string `json:"eventID"`
+	Event   string `json:"event"`
+	Status  Status `json:"status"`
+	Store   string `json:"store"`
+	OrderID string `json:"orderID"`
+	// The order's details, as its store posted them.
+	Customer   string `json:"customer"`
+	Address    string `json:"address"`
+	Phone      string `json:"phone,omitempty"`
+	Note       string `json:"note,omitempty"`
+	RequirePIN bool   `json:"requirePIN,omitempty"`
+	// Driver holds the order: the driver its current attempt's pickup was
+	// last handed to (empty while no one does).
+	Driver      string `json:"driver,omitempty"`
+	Attempt     int    `json:"attempt"`
+	MaxAttempts int    `json:"maxAttempts"`
+	// Reason and Detail of a failed attempt (on the failed event).
+	Reason string `json:"reason,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	// By made the event (the store, a driver, or the hub's name), on hub Hub,
+	// at Time by the hub's clock. Created is when the order was posted.
+	By      string    `json:"by"`
+	Hub     string    `json:"hub"`
+	Time    time.Time `json:"time"`
+	Created time.Time `json:"created"`
 
-// Order statuses, in lifecycle order. "assigned" is not an event clients
-// send: the dispatcher records it when it hands a pickup to a driver.
-const (
-	StatusPickup    Status = "pickup"
-	StatusAssigned  Status = "assigned"
-	StatusInTransit Status = "in-transit"
-	StatusDelivered Status = "delivered"
-)
-
-// Order is the dispatcher's record of an order, kept in the orders bucket.
-type Order struct {
-	OrderID  string `json:"orderID"`
-	Store    string `json:"store"`
-	Customer string `json:"customer"`
-	Address  string `json:"address"`
-	Status   Status `json:"status"`
-	// Driver holds the order: the driver its pickup was last handed to.
-	Driver   string `json:"driver,omitempty"`
-	Timeline []Step `json:"timeline"`
+	// key is the digest of the message id of the client publish that made
+	// this event (header keyHeader), to recognise its retry.
+	key string
+	// seq is the record's stream sequence, where a reader needs it.
+	seq uint64
 }
 
-// Step is one transition of an order.
+// Parcel returns the order's classroom payload.
+func (r *Record) Parcel() Parcel {
+	return Parcel{Store: r.Store, OrderID: r.OrderID, Customer: r.Customer, Address: r.Address}
+}
+
+// Order is an order as track and the dashboard show it: its state and its
+// timeline.
+type Order struct {
+	OrderID    string `json:"orderID"`
+	Store      string `json:"store"`
+	Customer   string `json:"customer"`
+	Address    string `json:"address"`
+	Phone      string `json:"phone,omitempty"`
+	Note       string `json:"note,omitempty"`
+	RequirePIN bool   `json:"requirePIN,omitempty"`
+	Status     Status `json:"status"`
+	// Driver holds the order (or held it last, once delivered or returned).
+	Driver      string `json:"driver,omitempty"`
+	Attempt     int    `json:"attempt"`
+	MaxAttempts int    `json:"maxAttempts"`
+	Timeline    []Step `json:"timeline"`
+}
+
+// Step is one event of an order.
 type Step struct {
 	Status Status    `json:"status"`
+	Event  string    `json:"event"`
 	Time   time.Time `json:"time"` // the hub's clock
-	// By is who caused it: the vendor for a pickup, the driver otherwise.
-	By  string `json:"by,omitempty"`
-	Hub string `json:"hub,omitempty"`
-	// Key is the message id of the publish that made the transition, so a
-	// retry of that publish can be recognised.
-	Key string `json:"key,omitempty"`
+	// By is who caused it: the store for a pickup, the driver otherwise
+	// (the hub's name for an offer after a failure).
+	By     string `json:"by,omitempty"`
+	Hub    string `json:"hub,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	Detail string `json:"detail,omitempty"`
 }
 
-// maxTimeline bounds an order's timeline: a pickup handed from driver to
-// driver many times keeps its first and latest steps.
+// maxTimeline bounds the steps an order shows: a pickup handed from driver
+// to driver many times keeps its first and latest steps.
 const maxTimeline = 32
+
+// orderOf folds an order's records (oldest first) into its view.
+func orderOf(recs []*Record) *Order {
+	if len(recs) == 0 {
+		return nil
+	}
+	o := &Order{}
+	for _, r := range recs {
+		o.Apply(r)
+	}
+	return o
+}
+
+// Apply folds the order's next record into o: its state becomes the
+// record's, and its step ends the timeline (kept bounded).
+func (o *Order) Apply(r *Record) {
+	o.OrderID, o.Store, o.Customer, o.Address = r.OrderID, r.Store, r.Customer, r.Address
+	o.Phone, o.Note, o.RequirePIN = r.Phone, r.Note, r.RequirePIN
+	o.Status, o.Driver, o.Attempt, o.MaxAttempts = r.Status, r.Driver, r.Attempt, r.MaxAttempts
+	o.Timeline = append(o.Timeline, Step{Status: r.Status, Event: r.Event, Time: r.Time, By: r.By, Hub: r.Hub, Reason: r.Reason, Detail: r.Detail})
+	if n := len(o.Timeline); n > maxTimeline {
+		o.Timeline = append(o.Timeline[:1], o.Timeline[n-maxTimeline+1:]...)
+	}
+}
 
 // At returns the time of the latest step with status s, or the zero time.
 func (o *Order) At(s Status) time.Time {
@@ -118,40 +177,6 @@ func (o *Order) At(s Status) time.Time {
 // Parcel returns the order's classroom payload.
 func (o *Order) Parcel() Parcel {
 	return Parcel{Store: o.Store, OrderID: o.OrderID, Customer: o.Customer, Address: o.Address}
-}
-
-func (o *Order) clone() *Order {
-	c := *o
-	c.Timeline = append([]Step(nil), o.Timeline...)
-	return &c
-}
-
-func (o *Order) step(s Status, by, hub, key string, now time.Time) {
-	o.Status = s
-	o.Timeline = append(o.Timeline, Step{Status: s, Time: now.UTC(), By: by, Hub: hub, Key: key})
-	if n := len(o.Timeline); n > maxTimeline {
-		// Keep the pickup, drop the oldest hand-overs.
-		o.Timeline = append(o.Timeline[:1], o.Timeline[n-maxTimeline+1:]...)
-	}
-}
-
-// lastKey returns the message id of the latest step with status s.
-func (o *Order) lastKey(s Status) string {
-	for i := len(o.Timeline) - 1; i >= 0; i-- {
-		if o.Timeline[i].Status == s {
-			return o.Timeline[i].Key
-		}
-	}
-	return ""
-}
-
-// public returns the order as shown to clients (without message ids).
-func (o *Order) public() *Order {
-	c := o.clone()
-	for i := range c.Timeline {
-		c.Timeline[i].Key = ""
-	}
-	return c
 }
 
 // Refusal is a rule the dispatcher enforces, with the reason it was broken.
@@ -169,72 +194,160 @@ func refuse(rule, format string, args ...any) *Refusal {
 
 // Rule names, the first word of every refusal.
 const (
-	RuleBadPayload   = "bad-payload"
-	RuleMissingField = "missing-field"
-	RuleBadField     = "bad-field"
-	RuleFieldTooLong = "field-too-long"
-	RuleBadOrderID   = "bad-order-id"
-	RuleUnknownEvent = "unknown-event"
-	RuleWrongStore   = "wrong-store"
-	RuleDuplicate    = "duplicate-order"
-	RuleNoSuchOrder  = "no-such-order"
-	RuleMismatch     = "order-mismatch"
-	RuleNotHolder    = "not-holder"
-	RuleOutOfOrder   = "out-of-order"
+	RuleBadPayload     = "bad-payload"
+	RuleMissingField   = "missing-field"
+	RuleUnknownField   = "unknown-field"
+	RuleBadField       = "bad-field"
+	RuleFieldTooLong   = "field-too-long"
+	RuleBadOrderID     = "bad-order-id"
+	RuleUnknownEvent   = "unknown-event"
+	RuleWrongStore     = "wrong-store"
+	RuleDuplicate      = "duplicate-order"
+	RuleNoSuchOrder    = "no-such-order"
+	RuleMismatch       = "order-mismatch"
+	RuleNotHolder      = "not-holder"
+	RuleOutOfOrder     = "out-of-order"
+	RuleNotCancellable = "not-cancellable"
+	RulePINRequired    = "pin-required"
+	RuleWrongPIN       = "wrong-pin"
+	// RuleStoreFull is the refusal of a new order when the order store is
+	// nearly full (code store_full).
+	RuleStoreFull = "store-full"
 )
 
-// ParsePayload decodes and checks a parcel event payload: a JSON object
-// whose store, orderID, customer and address are non-empty strings of at most
-// MaxField bytes without control characters, orderID a UUID. Other fields are
-// allowed and ignored. The orderID is returned in lower case.
-func ParsePayload(b []byte) (Event, error) {
+// payloadFields is the form of a client's payload: every field a client
+// may set, and those of a Record, which a classroom driver echoes back (the
+// hub's own are ignored: json.RawMessage takes any value). A field not
+// listed is refused.
+type payloadFields struct {
+	Store      *string `json:"store"`
+	OrderID    *string `json:"orderID"`
+	Customer   *string `json:"customer"`
+	Address    *string `json:"address"`
+	Phone      *string `json:"phone"`
+	Note       *string `json:"note"`
+	Reason     *string `json:"reason"`
+	Detail     *string `json:"detail"`
+	PIN        *string `json:"pin"`
+	Driver     *string `json:"driver"`
+	RequirePIN *bool   `json:"requirePIN"`
+
+	Time        json.RawMessage `json:"time"`
+	EventID     json.RawMessage `json:"eventID"`
+	Event       json.RawMessage `json:"event"`
+	Status      json.RawMessage `json:"status"`
+	Attempt     json.RawMessage `json:"attempt"`
+	MaxAttempts json.RawMessage `json:"maxAttempts"`
+	By          json.RawMessage `json:"by"`
+	Hub         json.RawMessage `json:"hub"`
+	Created     json.RawMessage `json:"created"`
+}
+
+// ParsePayload decodes and checks a client's order event payload as a
+// whole: a JSON object of at most MaxPayload bytes whose fields are all
+// known (a Record's, which a classroom driver echoes, or an Event's), whose
+// strings are bounded and free of control characters, with the fields
+// event needs (store and a UUID orderID always; customer and address for a
+// pickup; a known reason for a failure). The orderID is returned in lower
+// case. ParsePayload checks a classroom order (store, orderID, customer and
+// address, any event).
+func ParsePayload(b []byte) (Event, error) { return parseEvent(b, "") }
+
+func parseEvent(b []byte, event string) (Event, error) {
 	var ev Event
 	if len(b) > MaxPayload {
 		return ev, refuse(RuleBadPayload, "payload is %d bytes, at most %d allowed", len(b), MaxPayload)
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(b, &fields); err != nil || fields == nil {
-		return ev, refuse(RuleBadPayload, `payload must be a JSON object {"store","orderID","customer","address"}`)
+	notObject := refuse(RuleBadPayload, `payload must be a JSON object {"store","orderID","customer","address"}`)
+	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+		return ev, notObject
 	}
-	get := func(name string) (string, error) {
-		raw, ok := fields[name]
-		if !ok {
-			return "", refuse(RuleMissingField, "payload has no %q", name)
-		}
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return "", refuse(RuleBadField, "%q must be a string", name)
-		}
-		s = strings.TrimSpace(s)
+	var f payloadFields
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		var typeErr *json.UnmarshalTypeError
 		switch {
-		case s == "":
-			return "", refuse(RuleMissingField, "%q is empty", name)
-		case len(s) > MaxField:
-			return "", refuse(RuleFieldTooLong, "%q is %d bytes, at most %d allowed", name, len(s), MaxField)
-		case !printable(s):
-			return "", refuse(RuleBadField, "%q contains control characters or invalid UTF-8", name)
+		case errors.As(err, &typeErr) && typeErr.Field != "":
+			return ev, refuse(RuleBadField, "%q must be a %s", clip(typeErr.Field), typeName(typeErr.Type.String()))
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return ev, refuse(RuleUnknownField, "payload field %s is not an order field", clip(strings.TrimPrefix(err.Error(), "json: unknown field ")))
 		}
-		return s, nil
+		return ev, notObject
+	}
+	if dec.More() {
+		return ev, refuse(RuleBadPayload, "payload has more than one JSON value")
+	}
+	always := []string{EventPickup, EventInTransit, EventDelivered, EventFailed, EventReturned, EventCancelled}
+	for _, x := range []struct {
+		name  string
+		src   *string
+		dst   *string
+		limit int
+		need  []string
+	}{
+		{"store", f.Store, &ev.Store, MaxField, always},
+		{"orderID", f.OrderID, &ev.OrderID, 36, always},
+		{"customer", f.Customer, &ev.Customer, MaxField, []string{EventPickup}},
+		{"address", f.Address, &ev.Address, MaxField, []string{EventPickup}},
+		{"phone", f.Phone, &ev.Phone, MaxField, nil},
+		{"note", f.Note, &ev.Note, MaxNote, nil},
+		{"reason", f.Reason, &ev.Reason, MaxField, []string{EventFailed}},
+		{"detail", f.Detail, &ev.Detail, MaxField, nil},
+		{"pin", f.PIN, &ev.PIN, 32, nil},
+		{"driver", f.Driver, &ev.Driver, MaxField, nil},
+	} {
+		// Without an event, the classroom's order: store, orderID, customer, address.
+		needed := slices.Contains(x.need, event) || (event == "" && slices.Contains(x.need, EventPickup))
+		s := ""
+		if x.src != nil {
+			s = strings.TrimSpace(*x.src)
+		}
+		switch {
+		case x.src == nil && needed:
+			return ev, refuse(RuleMissingField, "payload has no %q", x.name)
+		case s == "" && needed:
+			return ev, refuse(RuleMissingField, "%q is empty", x.name)
+		case len(s) > x.limit && x.name == "orderID":
+			return ev, refuse(RuleBadOrderID, "orderID %q is not a UUID (want the form 8-4-4-4-12 hex digits)", clip(s))
+		case len(s) > x.limit:
+			return ev, refuse(RuleFieldTooLong, "%q is %d bytes, at most %d allowed", x.name, len(s), x.limit)
+		case !printable(s):
+			return ev, refuse(RuleBadField, "%q contains control characters or invalid UTF-8", x.name)
+		}
+		*x.dst = s
+	}
+	if f.RequirePIN != nil && event == EventPickup {
+		ev.RequirePIN = *f.RequirePIN
+	}
+	if len(f.Time) > 0 {
+		_ = json.Unmarshal(f.Time, &ev.Time) // informational only
 	}
 	var err error
-	for _, f := range []struct {
-		name string
-		dst  *string
-	}{{"store", &ev.Store}, {"orderID", &ev.OrderID}, {"customer", &ev.Customer}, {"address", &ev.Address}} {
-		if *f.dst, err = get(f.name); err != nil {
-			return ev, err
-		}
-	}
 	if ev.OrderID, err = NormalizeID(ev.OrderID); err != nil {
 		return ev, err
 	}
 	if !protocol.ValidName(ev.Store) {
 		return ev, refuse(RuleBadField, "store %q is not a valid name (1-32 letters, digits, _ or -)", ev.Store)
 	}
-	if raw, ok := fields["driver"]; ok {
-		_ = json.Unmarshal(raw, &ev.Driver) // informational only
+	if event == EventFailed && !slices.Contains(FailReasons, ev.Reason) {
+		return ev, refuse(RuleBadField, "reason %q is not one of %s", clip(ev.Reason), strings.Join(FailReasons, ", "))
+	}
+	if event == EventFailed && ev.Reason == "other" && ev.Detail == "" {
+		return ev, refuse(RuleMissingField, `a failure for reason "other" needs a "detail"`)
 	}
 	return ev, nil
+}
+
+// typeName names a Go type of payloadFields for a person.
+func typeName(t string) string {
+	switch strings.TrimPrefix(t, "*") {
+	case "string":
+		return "string"
+	case "bool":
+		return "true or false"
+	}
+	return "valid value"
 }
 
 // NormalizeID checks that id is a UUID in its canonical 36-character form and
@@ -270,93 +383,25 @@ func clip(s string) string {
 	return s
 }
 
-// sameParcel reports whether ev describes order o.
-func (o *Order) sameParcel(p Parcel) bool {
-	return o.Store == p.Store && o.OrderID == p.OrderID && o.Customer == p.Customer && o.Address == p.Address
+// keyDigest is what the hub keeps of a client's message id: enough to
+// recognise the same id again, bounded in size whatever the client sent.
+func keyDigest(key string) string {
+	if key == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:12])
 }
 
-// newOrder is the order a pickup creates.
-func newOrder(p Parcel, by, hub, key string, now time.Time) *Order {
-	o := &Order{OrderID: p.OrderID, Store: p.Store, Customer: p.Customer, Address: p.Address}
-	o.step(StatusPickup, by, hub, key, now)
-	return o
-}
-
-// repeatPickup decides on a pickup for an order that already exists: only
-// a retry of the very publish that created it (same message id, same
-// content) is accepted, and it changes nothing.
-func repeatPickup(o *Order, p Parcel, key string) error {
-	if key != "" && o.lastKey(StatusPickup) == key && o.sameParcel(p) {
-		return nil
-	}
-	return refuse(RuleDuplicate, "order %s already exists (%s, store %s)", o.OrderID, o.Status, o.Store)
-}
-
-// advance applies an in-transit or delivered event from driver to o. It
-// returns the new order, or nil when the event is a retry of the transition
-// o has already made (accepted, nothing to change), or a refusal.
-func advance(o *Order, to Status, p Parcel, driver, hub, key string, now time.Time) (*Order, error) {
-	if o.Store != p.Store {
-		return nil, refuse(RuleWrongStore, "order %s belongs to store %s, not %s", o.OrderID, o.Store, p.Store)
-	}
-	if !o.sameParcel(p) {
-		return nil, refuse(RuleMismatch, "the payload's customer or address differs from order %s", o.OrderID)
-	}
-	switch {
-	case o.Driver == "":
-		return nil, refuse(RuleNotHolder, "order %s has not been handed to a driver yet", o.OrderID)
-	case o.Driver != driver:
-		return nil, refuse(RuleNotHolder, "order %s is held by driver %s, not %s", o.OrderID, o.Driver, driver)
-	}
-	// A repeat of the transition already made, by the same publish, is a retry.
-	if o.Status == to && key != "" && o.lastKey(to) == key {
-		return nil, nil
-	}
-	var from []Status
-	switch to {
-	case StatusInTransit:
-		from = []Status{StatusPickup, StatusAssigned}
-	case StatusDelivered:
-		from = []Status{StatusInTransit}
-	default:
-		return nil, fmt.Errorf("parcel: advance to %q", to)
-	}
-	ok := false
-	for _, s := range from {
-		ok = ok || o.Status == s
-	}
-	if !ok {
-		if to == StatusDelivered && (o.Status == StatusPickup || o.Status == StatusAssigned) {
-			return nil, refuse(RuleOutOfOrder, "order %s is %s: delivered must follow in-transit", o.OrderID, o.Status)
-		}
-		return nil, refuse(RuleOutOfOrder, "order %s is already %s", o.OrderID, o.Status)
-	}
-	n := o.clone()
-	n.step(to, driver, hub, key, now)
-	return n, nil
-}
-
-// assign records that o's pickup was handed to driver. It returns nil when
-// nothing changes: the order is already past its pickup (a late redelivery
-// changes no holder) or already held by that driver.
-func assign(o *Order, driver, hub string, now time.Time) *Order {
-	if o.Status != StatusPickup && o.Status != StatusAssigned {
-		return nil
-	}
-	if o.Status == StatusAssigned && o.Driver == driver {
-		return nil
-	}
-	n := o.clone()
-	n.Driver = driver
-	n.step(StatusAssigned, driver, hub, "", now)
-	return n
-}
-
-// marshalEvent encodes an event payload.
-func marshalEvent(ev Event) []byte {
+// marshalJSON encodes v without escaping HTML characters (payloads are read
+// by people and by classroom clients, not by browsers as HTML).
+func marshalJSON(v any) []byte {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	_ = enc.Encode(ev)
+	_ = enc.Encode(v)
 	return bytes.TrimRight(buf.Bytes(), "\n")
 }
+
+// marshalEvent encodes a client's event payload.
+func marshalEvent(ev Event) []byte { return marshalJSON(ev) }

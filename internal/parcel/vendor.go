@@ -65,7 +65,7 @@ func RunVendor(ctx context.Context, cfg VendorConfig) error {
 	// Subscribe before posting, so no notification can be missed. The
 	// durable keeps what arrives while this vendor is away; a brand-new one
 	// starts with everything stored for the store.
-	if _, err := s.Subscribe(ctx, Topic(EventDelivered, cfg.Store), v.onDelivered,
+	if _, err := s.Subscribe(ctx, MailboxPattern(cfg.Store), v.onDelivered,
 		client.Durable(VendorDurable(cfg.Store)), client.ManualAck(), client.DeliverAll()); err != nil {
 		return fmt.Errorf("vendor %s: subscribe to deliveries: %w", cfg.Store, err)
 	}
@@ -162,7 +162,7 @@ func (v *vendor) postOne(ctx context.Context) error {
 	v.mine[p.OrderID] = true
 	v.mu.Unlock()
 	payload := marshalEvent(Event{Parcel: p, Time: time.Now().UTC()})
-	err := v.s.publish(ctx, Topic(EventPickup, v.cfg.Store), payload, msgID(p.OrderID, EventPickup), v.cfg.Timeout)
+	err := v.s.publish(ctx, Topic(v.cfg.Store, p.OrderID, EventPickup, ""), payload, msgID(p.OrderID, EventPickup), v.cfg.Timeout)
 	if err != nil {
 		v.mu.Lock()
 		delete(v.mine, p.OrderID)
@@ -189,7 +189,7 @@ func (v *vendor) postOne(ctx context.Context) error {
 // acknowledged without a second thank-you. Either way the order counts as
 // confirmed once the vendor has printed it and tried to acknowledge it.
 func (v *vendor) onDelivered(m *client.Msg) {
-	var ev Event
+	var ev Record
 	if err := json.Unmarshal(m.Payload, &ev); err != nil || ev.OrderID == "" {
 		v.cfg.Log.Warn("unreadable delivery notification; dropping it", "topic", m.Topic, "err", err)
 		_ = m.Ack(context.Background())
