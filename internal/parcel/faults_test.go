@@ -85,7 +85,7 @@ func TestDriverKilledMidOrderHandsItToAnother(t *testing.T) {
 	cancel()
 	wait(t, bob, 10*time.Second, "bob")
 	f.checkExactlyOnce(context.Background())
-	if got, want := timeline(t, th, id), "pickup/acme assigned/alice assigned/bob in-transit/bob delivered/bob"; got != want {
+	if got, want := timeline(t, th, id), "created/acme assigned/alice assigned/bob in-transit/bob delivered/bob"; got != want {
 		t.Errorf("timeline %q, want %q", got, want)
 	}
 	if n := len(f.drivers["alice"].Lines()); n != 0 {
@@ -125,7 +125,7 @@ func TestPickupNotAcknowledgedInTimeGoesToAnotherDriver(t *testing.T) {
 	wait(t, alice, 10*time.Second, "alice")
 	wait(t, bob, 10*time.Second, "bob")
 	f.checkExactlyOnce(context.Background())
-	if got, want := timeline(t, th, id), "pickup/acme assigned/alice assigned/bob in-transit/bob delivered/bob"; got != want {
+	if got, want := timeline(t, th, id), "created/acme assigned/alice assigned/bob in-transit/bob delivered/bob"; got != want {
 		t.Errorf("timeline %q, want %q", got, want)
 	}
 }
@@ -262,7 +262,7 @@ func TestDriverRestartDeliversParcelsLeftInTransit(t *testing.T) {
 	again := f.driver(ctx, parcel.DriverConfig{Name: "alice", PickupDelay: time.Millisecond, DeliverDelay: time.Millisecond})
 	secondRun := f.drivers["alice"]
 	f.waitVendor(vendor, 20*time.Second, "vendor")
-	if got, want := timeline(t, th, id), "pickup/acme assigned/alice in-transit/alice delivered/alice"; got != want {
+	if got, want := timeline(t, th, id), "created/acme assigned/alice in-transit/alice delivered/alice"; got != want {
 		t.Errorf("timeline %q, want %q", got, want)
 	}
 	if firstRun.count("picked up "+id) != 1 || firstRun.count("delivered "+id) != 0 {

@@ -30,12 +30,19 @@ type testHub struct {
 	dir  string
 	addr string
 	mod  func(*hub.Config)
+	opts parcel.Options
 }
 
 // startHub runs a hub until the test ends.
 func startHub(t *testing.T, mod func(*hub.Config)) *testHub {
 	t.Helper()
-	th := &testHub{t: t, dir: t.TempDir(), addr: "127.0.0.1:0", mod: mod}
+	return startHubWith(t, parcel.Options{}, mod)
+}
+
+// startHubWith is startHub with the dispatcher's options.
+func startHubWith(t *testing.T, opts parcel.Options, mod func(*hub.Config)) *testHub {
+	t.Helper()
+	th := &testHub{t: t, dir: t.TempDir(), addr: "127.0.0.1:0", mod: mod, opts: opts}
 	th.start()
 	return th
 }
@@ -43,7 +50,7 @@ func startHub(t *testing.T, mod func(*hub.Config)) *testHub {
 // start starts the hub again, on the same data directory and port.
 func (th *testHub) start() {
 	th.t.Helper()
-	th.d = parcel.NewDispatcher(parcel.Options{})
+	th.d = parcel.NewDispatcher(th.opts)
 	cfg := hub.Config{Addr: th.addr, DataDir: th.dir, Logger: quietLog(), Apps: []hub.App{th.d}}
 	if th.mod != nil {
 		th.mod(&cfg)

@@ -42,7 +42,7 @@ func TestOrderMetrics(t *testing.T) {
 	for _, m := range byName["caps_order_transitions_total"].GetMetric() {
 		transitions[label(m, "status")] = m.GetCounter().GetValue()
 	}
-	for _, s := range []string{"pickup", "assigned", "in-transit", "delivered"} {
+	for _, s := range []string{"created", "assigned", "in-transit", "delivered"} {
 		if transitions[s] != 3 {
 			t.Errorf("caps_order_transitions_total{status=%q} = %v, want 3", s, transitions[s])
 		}

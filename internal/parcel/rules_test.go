@@ -135,12 +135,14 @@ func TestRefusedInputChangesNothing(t *testing.T) {
 	generic := dialAs(t, th, protocol.RoleClient, "someone")
 	admin := dialAs(t, th, protocol.RoleAdmin, "root")
 
-	pickup := parcel.Topic(parcel.EventPickup, "acme")
-	inTransit := parcel.Topic(parcel.EventInTransit, "acme")
-	delivered := parcel.Topic(parcel.EventDelivered, "acme")
-
 	good := order("acme")
 	id := good["orderID"].(string)
+	pickup := parcel.Topic("acme", id, parcel.EventPickup, "")
+	inTransit := parcel.Topic("acme", id, parcel.EventInTransit, "alice")
+	delivered := parcel.Topic("acme", id, parcel.EventDelivered, "alice")
+	// bob's own topics for the same order.
+	bobInTransit := parcel.Topic("acme", id, parcel.EventInTransit, "bob")
+	bobDelivered := parcel.Topic("acme", id, parcel.EventDelivered, "bob")
 	if err := publish(acme, pickup, payload(t, good), id+".pickup"); err != nil {
 		t.Fatalf("good pickup: %v", err)
 	}
@@ -148,30 +150,33 @@ func TestRefusedInputChangesNothing(t *testing.T) {
 	// Malformed pickups: refused, and no order appears.
 	fresh := order("acme")
 	freshID := fresh["orderID"].(string)
+	freshPickup := parcel.Topic("acme", freshID, parcel.EventPickup, "")
 	badPickups := []struct {
 		what, rule, code string
 		topic            string
 		body             []byte
 		conn             *client.Conn
 	}{
-		{"not JSON", parcel.RuleBadPayload, protocol.CodeRejected, pickup, []byte("pickup please"), acme},
-		{"a JSON array", parcel.RuleBadPayload, protocol.CodeRejected, pickup, []byte(`[1,2]`), acme},
-		{"JSON null", parcel.RuleBadPayload, protocol.CodeRejected, pickup, []byte(`null`), acme},
-		{"no customer", parcel.RuleMissingField, protocol.CodeRejected, pickup, payload(t, with(fresh, "customer", nil)), acme},
-		{"empty address", parcel.RuleMissingField, protocol.CodeRejected, pickup, payload(t, with(fresh, "address", "  ")), acme},
-		{"no orderID", parcel.RuleMissingField, protocol.CodeRejected, pickup, payload(t, with(fresh, "orderID", nil)), acme},
-		{"numeric customer", parcel.RuleBadField, protocol.CodeRejected, pickup, payload(t, with(fresh, "customer", 42)), acme},
-		{"control characters", parcel.RuleBadField, protocol.CodeRejected, pickup, payload(t, with(fresh, "address", "1 Main St\x1b[2J")), acme},
-		{"short orderID", parcel.RuleBadOrderID, protocol.CodeRejected, pickup, payload(t, with(fresh, "orderID", "1234")), acme},
-		{"non-hex orderID", parcel.RuleBadOrderID, protocol.CodeRejected, pickup, payload(t, with(fresh, "orderID", "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz")), acme},
-		{"oversize customer", parcel.RuleFieldTooLong, protocol.CodeRejected, pickup, payload(t, with(fresh, "customer", strings.Repeat("x", parcel.MaxField+1))), acme},
-		{"oversize payload", parcel.RuleBadPayload, protocol.CodeRejected, pickup, payload(t, with(fresh, "note", strings.Repeat("x", parcel.MaxPayload))), acme},
-		{"payload store differs from topic", parcel.RuleWrongStore, protocol.CodeRejected, pickup, payload(t, with(fresh, "store", "rosebud")), acme},
-		{"vendor posting for another store", `vendor "acme" may not publish`, protocol.CodeForbidden, parcel.Topic(parcel.EventPickup, "rosebud"), payload(t, with(fresh, "store", "rosebud")), acme},
-		{"admin posting for a vendor under another store's topic", parcel.RuleWrongStore, protocol.CodeRejected, parcel.Topic(parcel.EventPickup, "rosebud"), payload(t, fresh), admin},
-		{"generic client posting a pickup", "client", protocol.CodeForbidden, pickup, payload(t, fresh), generic},
-		{"driver posting a pickup", "driver", protocol.CodeForbidden, pickup, payload(t, fresh), alice},
-		{"unknown parcel event", parcel.RuleUnknownEvent, protocol.CodeRejected, "parcel.lost.acme", payload(t, fresh), admin},
+		{"not JSON", parcel.RuleBadPayload, protocol.CodeRejected, freshPickup, []byte("pickup please"), acme},
+		{"a JSON array", parcel.RuleBadPayload, protocol.CodeRejected, freshPickup, []byte(`[1,2]`), acme},
+		{"JSON null", parcel.RuleBadPayload, protocol.CodeRejected, freshPickup, []byte(`null`), acme},
+		{"no customer", parcel.RuleMissingField, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "customer", nil)), acme},
+		{"empty address", parcel.RuleMissingField, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "address", "  ")), acme},
+		{"no orderID", parcel.RuleMissingField, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "orderID", nil)), acme},
+		{"numeric customer", parcel.RuleBadField, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "customer", 42)), acme},
+		{"control characters", parcel.RuleBadField, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "address", "1 Main St\x1b[2J")), acme},
+		{"short orderID", parcel.RuleBadOrderID, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "orderID", "1234")), acme},
+		{"non-hex orderID", parcel.RuleBadOrderID, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "orderID", "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz")), acme},
+		{"oversize customer", parcel.RuleFieldTooLong, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "customer", strings.Repeat("x", parcel.MaxField+1))), acme},
+		{"oversize payload", parcel.RuleBadPayload, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "note", strings.Repeat("x", parcel.MaxPayload))), acme},
+		{"payload store differs from topic", parcel.RuleWrongStore, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "store", "rosebud")), acme},
+		{"vendor posting for another store", `vendor "acme" may not publish`, protocol.CodeForbidden, parcel.Topic("rosebud", freshID, parcel.EventPickup, ""), payload(t, with(fresh, "store", "rosebud")), acme},
+		{"admin posting for a vendor under another store's topic", parcel.RuleWrongStore, protocol.CodeRejected, parcel.Topic("rosebud", freshID, parcel.EventPickup, ""), payload(t, fresh), admin},
+		{"generic client posting a pickup", "client", protocol.CodeForbidden, freshPickup, payload(t, fresh), generic},
+		{"driver posting a pickup", "driver", protocol.CodeForbidden, freshPickup, payload(t, fresh), alice},
+		{"payload order differs from topic", parcel.RuleMismatch, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "orderID", id)), acme},
+		{"unknown field", parcel.RuleUnknownField, protocol.CodeRejected, freshPickup, payload(t, with(fresh, "colour", "blue")), acme},
+		{"unknown parcel event", parcel.RuleUnknownEvent, protocol.CodeRejected, "parcel.acme." + freshID + ".lost", payload(t, fresh), admin},
 	}
 	for _, c := range badPickups {
 		unchanged(t, th, freshID, c.what, func() {
@@ -193,7 +198,7 @@ func TestRefusedInputChangesNothing(t *testing.T) {
 		refused(t, "duplicate with another message id", publish(acme, pickup, payload(t, good), "other"), protocol.CodeRejected, parcel.RuleDuplicate)
 	})
 	unchanged(t, th, id, "another store reusing the id", func() {
-		refused(t, "another store reusing the id", publish(rosebud, parcel.Topic(parcel.EventPickup, "rosebud"), payload(t, with(good, "store", "rosebud")), ""), protocol.CodeRejected, parcel.RuleDuplicate)
+		refused(t, "another store reusing the id", publish(rosebud, parcel.Topic("rosebud", id, parcel.EventPickup, ""), payload(t, with(good, "store", "rosebud")), ""), protocol.CodeRejected, parcel.RuleDuplicate)
 	})
 	// A retry of the very publish that created it is accepted and stored once.
 	unchanged(t, th, id, "retry of the pickup", func() {
@@ -204,14 +209,14 @@ func TestRefusedInputChangesNothing(t *testing.T) {
 
 	// Nobody holds the order yet.
 	unchanged(t, th, id, "in-transit before any driver got it", func() {
-		refused(t, "in-transit before any driver got it", publish(bob, inTransit, payload(t, good), ""), protocol.CodeRejected, parcel.RuleNotHolder)
+		refused(t, "in-transit before any driver got it", publish(bob, bobInTransit, payload(t, good), ""), protocol.CodeRejected, parcel.RuleNotHolder)
 	})
 
 	// Alice takes the pickup from the work queue: she holds the order.
 	got := make(chan *client.Msg, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := alice.Subscribe(ctx, parcel.Topic(parcel.EventPickup, "*"), func(m *client.Msg) { got <- m },
+	if _, err := alice.Subscribe(ctx, parcel.PickupPattern, func(m *client.Msg) { got <- m },
 		client.Durable(parcel.DriversDurable), client.ManualAck(), client.DeliverAll()); err != nil {
 		t.Fatal(err)
 	}
@@ -227,20 +232,22 @@ func TestRefusedInputChangesNothing(t *testing.T) {
 	})
 
 	stranger := order("acme")
+	strangerInTransit := parcel.Topic("acme", stranger["orderID"].(string), parcel.EventInTransit, "alice")
 	badTransitions := []struct {
 		what, rule, code string
 		conn             *client.Conn
 		topic            string
 		body             []byte
 	}{
-		{"in-transit from a driver not holding it", parcel.RuleNotHolder, protocol.CodeRejected, bob, inTransit, payload(t, good)},
+		{"in-transit from a driver not holding it", parcel.RuleNotHolder, protocol.CodeRejected, bob, bobInTransit, payload(t, good)},
+		{"in-transit reported for another driver", `driver "bob" may not publish`, protocol.CodeForbidden, bob, inTransit, payload(t, good)},
 		{"delivered before in-transit", parcel.RuleOutOfOrder, protocol.CodeRejected, alice, delivered, payload(t, good)},
-		{"delivered before in-transit, from another driver", parcel.RuleNotHolder, protocol.CodeRejected, bob, delivered, payload(t, good)},
+		{"delivered before in-transit, from another driver", parcel.RuleNotHolder, protocol.CodeRejected, bob, bobDelivered, payload(t, good)},
 		{"in-transit with another address", parcel.RuleMismatch, protocol.CodeRejected, alice, inTransit, payload(t, with(good, "address", "somewhere else"))},
-		{"in-transit under another store", parcel.RuleWrongStore, protocol.CodeRejected, alice, parcel.Topic(parcel.EventInTransit, "rosebud"), payload(t, with(good, "store", "rosebud"))},
-		{"in-transit with topic and payload stores differing", parcel.RuleWrongStore, protocol.CodeRejected, alice, parcel.Topic(parcel.EventInTransit, "rosebud"), payload(t, good)},
+		{"in-transit under another store", parcel.RuleWrongStore, protocol.CodeRejected, alice, parcel.Topic("rosebud", id, parcel.EventInTransit, "alice"), payload(t, with(good, "store", "rosebud"))},
+		{"in-transit with topic and payload stores differing", parcel.RuleWrongStore, protocol.CodeRejected, alice, parcel.Topic("rosebud", id, parcel.EventInTransit, "alice"), payload(t, good)},
 		{"in-transit with a bad orderID", parcel.RuleBadOrderID, protocol.CodeRejected, alice, inTransit, payload(t, with(good, "orderID", "not-a-uuid"))},
-		{"in-transit for an unknown order", parcel.RuleNoSuchOrder, protocol.CodeRejected, alice, inTransit, payload(t, stranger)},
+		{"in-transit for an unknown order", parcel.RuleNoSuchOrder, protocol.CodeRejected, alice, strangerInTransit, payload(t, stranger)},
 		{"vendor reporting in-transit", "vendor", protocol.CodeForbidden, acme, inTransit, payload(t, good)},
 		{"generic client reporting delivered", "client", protocol.CodeForbidden, generic, delivered, payload(t, good)},
 	}
@@ -269,7 +276,7 @@ func TestRefusedInputChangesNothing(t *testing.T) {
 	}{
 		{"in-transit twice", parcel.RuleOutOfOrder, alice, inTransit, ""},
 		{"in-transit twice, another message id", parcel.RuleOutOfOrder, alice, inTransit, "again"},
-		{"delivered by a driver not holding it", parcel.RuleNotHolder, bob, delivered, ""},
+		{"delivered by a driver not holding it", parcel.RuleNotHolder, bob, bobDelivered, ""},
 	} {
 		unchanged(t, th, id, c.what, func() {
 			refused(t, c.what, publish(c.conn, c.topic, payload(t, good), c.key), protocol.CodeRejected, c.rule)
@@ -310,7 +317,7 @@ func TestRefusedInputChangesNothing(t *testing.T) {
 	for _, st := range o.Timeline {
 		steps = append(steps, string(st.Status)+"/"+st.By)
 	}
-	if got, want := strings.Join(steps, " "), "pickup/acme assigned/alice in-transit/alice delivered/alice"; got != want {
+	if got, want := strings.Join(steps, " "), "created/acme assigned/alice in-transit/alice delivered/alice"; got != want {
 		t.Errorf("timeline %q, want %q", got, want)
 	}
 }
@@ -320,7 +327,7 @@ func TestTrackingIsPrivate(t *testing.T) {
 	acme := dialAs(t, th, protocol.RoleVendor, "acme")
 	good := order("acme")
 	id := good["orderID"].(string)
-	if err := publish(acme, parcel.Topic(parcel.EventPickup, "acme"), payload(t, good), ""); err != nil {
+	if err := publish(acme, parcel.Topic("acme", id, parcel.EventPickup, ""), payload(t, good), ""); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -334,7 +341,7 @@ func TestTrackingIsPrivate(t *testing.T) {
 		t.Fatalf("vendor tracking its own order: %v", err)
 	}
 	var o parcel.Order
-	if err := json.Unmarshal(b, &o); err != nil || o.OrderID != id || o.Status != parcel.StatusPickup || o.Customer != "Ada Lovelace" {
+	if err := json.Unmarshal(b, &o); err != nil || o.OrderID != id || o.Status != parcel.StatusCreated || o.Customer != "Ada Lovelace" {
 		t.Fatalf("track answer %s (%v)", b, err)
 	}
 	if strings.Contains(string(b), `"key"`) {
@@ -359,7 +366,7 @@ func TestTrackingIsPrivate(t *testing.T) {
 	refused(t, "bad id", err, protocol.CodeBadRequest, parcel.RuleBadOrderID)
 
 	// A vendor cannot listen to another store's parcels.
-	_, err = acme.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "rosebud"), func(*client.Msg) {})
+	_, err = acme.Subscribe(ctx, parcel.MailboxPattern("rosebud"), func(*client.Msg) {})
 	refused(t, "vendor subscribing to another store", err, protocol.CodeForbidden, `vendor "acme" may not subscribe`)
 	_, err = acme.Subscribe(ctx, "parcel.>", func(*client.Msg) {})
 	refused(t, "vendor subscribing to every store", err, protocol.CodeForbidden, `vendor "acme" may not subscribe`)
