@@ -15,14 +15,14 @@
 // client.connected and client.disconnected) and asking for what changed
 // when they arrive, and every second or so besides: a driver taking a
 // pickup changes an order without an event. Orders come from an index of
-// the dispatcher's orders bucket that each hub keeps in memory, so these
+// the order events of the parcel stream that each hub keeps in memory, so these
 // questions cost no engine round trip.
 //
 // What a session sees follows the hub's permissions, not roles: an order of
-// store S is shown to a session that may subscribe to every parcel event of
-// S (parcel.pickup.S, parcel.in-transit.S, parcel.delivered.S: admins,
-// loggers, the vendor of S); people and traffic to a session that may
-// watch the hub's connection events (client.connected).
+// store S is shown to a session that may subscribe to every event of S's
+// orders (parcel.S.>: admins, loggers, the vendor of S); people and traffic
+// to a session that may watch the hub's connection events
+// (client.connected).
 package dashboard
 
 import (
@@ -78,7 +78,7 @@ type Options struct {
 	// GatherWait bounds how long the people service waits for the hubs
 	// (default 1s), and GatherQuiet how long after the last answer (100ms).
 	GatherWait, GatherQuiet time.Duration
-	// Retry is how often to look for the orders bucket while it does not
+	// Retry is how often to look for the parcel stream while it does not
 	// exist (default 1s).
 	Retry time.Duration
 }
@@ -196,15 +196,10 @@ func (a *App) hello(_ context.Context, s hub.SessionInfo, _ []byte) ([]byte, err
 	return json.Marshal(h)
 }
 
-// mayReceiveStore reports whether session id may see every parcel event of
-// store ("*": of every store).
+// mayReceiveStore reports whether session id may see every event of
+// store's orders, parcel.<store>.> ("*": of every store).
 func (a *App) mayReceiveStore(id, store string) bool {
-	for _, ev := range []string{parcel.EventPickup, parcel.EventInTransit, parcel.EventDelivered} {
-		if !a.host.MayReceive(id, parcel.Topic(ev, store)) {
-			return false
-		}
-	}
-	return true
+	return a.host.MayReceive(id, parcel.StorePattern(store))
 }
 
 // storeFilter tells which stores' orders a session may see. It caches the
@@ -246,7 +241,8 @@ type OrdersReply struct {
 	// Orders are the most recent orders, most recent first (Reset), or the
 	// orders that changed since the cursor asked with.
 	Orders []*OrderView `json:"orders"`
-	// Removed lists orders removed from the bucket since the cursor.
+	// Removed lists orders removed since the cursor: always empty (the
+	// index forgets orders only by trimming, which a page does itself).
 	Removed []string `json:"removed"`
 	// Reset is true when Orders is a whole snapshot: the page drops what it
 	// had. It is, when asked without a cursor, with one from another hub
@@ -254,7 +250,7 @@ type OrdersReply struct {
 	Reset bool `json:"reset"`
 	// Cursor is what to ask with next time.
 	Cursor string `json:"cursor"`
-	// Loaded is false while the hub is still reading the orders bucket (or
+	// Loaded is false while the hub is still reading the parcel stream (or
 	// waiting for it to exist): the list may be incomplete.
 	Loaded bool `json:"loaded"`
 	Limit  int  `json:"limit"`
@@ -277,7 +273,7 @@ func (a *App) ordersService(_ context.Context, s hub.SessionInfo, payload []byte
 	if inst, seqText, found := strings.Cut(req.Cursor, ":"); found && inst == a.instance {
 		if since, err := strconv.ParseUint(seqText, 10, 64); err == nil {
 			var next uint64
-			reply.Orders, reply.Removed, next, ok = a.orders.changes(since, req.Limit, allows)
+			reply.Orders, next, ok = a.orders.changes(since, req.Limit, allows)
 			reply.Cursor = a.cursor(next)
 		}
 	}

@@ -50,7 +50,7 @@ func TestIndexKeepsOrdersInFlight(t *testing.T) {
 		v.OrderID = fmt.Sprintf("o%03d", i)
 		v.Store = "s"
 		v.Status = status
-		if status != parcel.StatusPickup {
+		if status != parcel.StatusCreated {
 			v.Driver = "dana"
 		}
 		v.Timeline = []parcel.Step{{Status: status, Time: start.Add(time.Duration(i) * time.Second)}}
@@ -80,11 +80,11 @@ func TestIndexKeepsOrdersInFlight(t *testing.T) {
 	if len(recent) != 3 || recent[0].OrderID != "o019" || seq != 20 {
 		t.Errorf("recent: %d orders, first %s, seq %d", len(recent), recent[0].OrderID, seq)
 	}
-	changed, _, next, ok := x.changes(18, 100, all)
+	changed, next, ok := x.changes(18, 100, all)
 	if !ok || len(changed) != 2 || next != 20 {
 		t.Errorf("changes since 18: %d, next %d, ok %v", len(changed), next, ok)
 	}
-	if _, _, _, ok := x.changes(0, 3, all); ok {
+	if _, _, ok := x.changes(0, 3, all); ok {
 		t.Error("more changes than the limit: want a reset")
 	}
 }

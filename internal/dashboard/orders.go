@@ -12,12 +12,12 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/caps-hub/caps/internal/engine"
 	"github.com/caps-hub/caps/internal/parcel"
 )
 
-// OrderView is an order as the dashboard shows it: the dispatcher's record
-// (without the message ids it keeps to recognise retries) and the revision
-// of that record in the orders bucket.
+// OrderView is an order as the dashboard shows it: its state and timeline,
+// folded from its events, and the stream sequence of its latest event.
 type OrderView struct {
 	parcel.Order
 	Rev uint64 `json:"rev"`
@@ -34,18 +34,19 @@ func (v *OrderView) changed() time.Time {
 	return time.Time{}
 }
 
-// inFlight reports whether a driver holds the order and has not delivered it.
+// inFlight reports whether a driver holds the order and has not finished it.
 func (v *OrderView) inFlight() bool {
-	return v.Driver != "" && (v.Status == parcel.StatusAssigned || v.Status == parcel.StatusInTransit)
+	return v.Driver != "" && !v.Status.Terminal()
 }
 
-// orderIndex mirrors the dispatcher's orders bucket in memory, kept current
-// by a watcher on the bucket, so that snapshots, driver loads and live
-// updates cost no engine round trip per page. Every hub keeps its own (the
-// bucket is shared, so they agree) and serves its own pages.
+// orderIndex folds the parcel stream's order events into the orders they
+// make, in memory, kept current by an ordered consumer on the stream, so
+// that snapshots, driver loads and live updates cost no engine round trip
+// per page. Every hub keeps its own (the stream is shared, so they agree)
+// and serves its own pages.
 //
 // It holds at most max orders: when it grows past that it forgets the
-// delivered orders that changed longest ago first, then the oldest others,
+// finished orders that changed longest ago first, then the oldest others,
 // so the orders in flight (and the drivers' loads) stay exact as long as
 // fewer than max are in flight.
 type orderIndex struct {
@@ -56,45 +57,29 @@ type orderIndex struct {
 	byID   map[string]*OrderView
 	loaded bool
 	seq    uint64 // of the latest change
-	// removed remembers the latest removals from the bucket (by seq), so a
-	// page can be told to drop them; floor is the oldest seq from which the
-	// changes can still be told (older removals have been forgotten).
-	removed []removal
-	floor   uint64
 }
-
-type removal struct {
-	id, store string
-	seq       uint64
-}
-
-// maxRemoved bounds the removals remembered for pages.
-const maxRemoved = 1024
 
 func newOrderIndex(max int, log *slog.Logger) *orderIndex {
 	return &orderIndex{max: max, log: log, byID: map[string]*OrderView{}}
 }
 
-// run watches the bucket until ctx ends. The bucket belongs to the parcel
-// dispatcher; run waits for it to exist, and starts over (reloading every
-// order) if the watch breaks.
+// run follows the parcel stream until ctx ends. The stream belongs to the
+// parcel dispatcher; run waits for it to exist, and starts over (reloading
+// every order) if following it breaks.
 func (x *orderIndex) run(ctx context.Context, js jetstream.JetStream, retry time.Duration) {
 	warned := false
 	for ctx.Err() == nil {
-		kv, err := js.KeyValue(ctx, parcel.BucketName)
-		if err == nil {
-			err = x.watch(ctx, kv)
-		}
+		err := x.follow(ctx, js)
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			if !warned {
-				x.log.Info("dashboard: no orders bucket yet (is the parcel dispatcher running?); waiting for it")
+				x.log.Info("dashboard: no parcel stream yet (is the parcel dispatcher running?); waiting for it")
 				warned = true
 			}
 		} else if err != nil {
-			x.log.Warn("dashboard: watching orders; starting over", "err", err)
+			x.log.Warn("dashboard: following the orders; starting over", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -104,75 +89,80 @@ func (x *orderIndex) run(ctx context.Context, js jetstream.JetStream, retry time
 	}
 }
 
-// watch loads every order, then applies changes until ctx ends or the
-// watcher stops.
-func (x *orderIndex) watch(ctx context.Context, kv jetstream.KeyValue) error {
-	w, err := kv.WatchAll(ctx)
+// follow reads every order event from the start of the stream, then the
+// new ones as they come, until ctx ends or the consumer fails.
+func (x *orderIndex) follow(ctx context.Context, js jetstream.JetStream) error {
+	cons, err := js.OrderedConsumer(ctx, parcel.StreamName, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{engine.Subject("parcel.*.*.>")}, // order events, not the layout before v2
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
 	if err != nil {
 		return err
 	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("orders watcher closed")
-			}
-			if e == nil { // every existing order has been delivered
-				x.mu.Lock()
-				x.loaded = true
-				x.mu.Unlock()
-				continue
-			}
-			x.apply(e)
+	// Starting over keeps what is known: events already folded in are
+	// skipped (by their sequence), so pages' cursors stay good.
+	x.mu.Lock()
+	x.loaded = x.loaded || cons.CachedInfo().NumPending == 0
+	x.mu.Unlock()
+	failed := make(chan error, 1)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		meta, err := m.Metadata()
+		if err != nil {
+			return
 		}
+		var r parcel.Record
+		if err := json.Unmarshal(m.Data(), &r); err != nil || r.OrderID == "" {
+			x.log.Warn("dashboard: unreadable order event", "subject", m.Subject(), "err", err)
+		} else {
+			x.apply(&r, meta.Sequence.Stream)
+		}
+		if meta.NumPending == 0 {
+			x.mu.Lock()
+			x.loaded = true
+			x.mu.Unlock()
+		}
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			select {
+			case failed <- err:
+			default:
+			}
+		}
+	}))
+	if err != nil {
+		return err
+	}
+	defer cc.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-failed:
+		return err
 	}
 }
 
-// apply records one bucket entry.
-func (x *orderIndex) apply(e jetstream.KeyValueEntry) {
-	deleted := e.Operation() == jetstream.KeyValueDelete || e.Operation() == jetstream.KeyValuePurge
-	v := &OrderView{Rev: e.Revision()}
-	if !deleted {
-		if err := json.Unmarshal(e.Value(), &v.Order); err != nil {
-			x.log.Warn("dashboard: unreadable order record", "key", e.Key(), "err", err)
-			return
-		}
-		for i := range v.Timeline {
-			v.Timeline[i].Key = "" // message ids stay in the hub
-		}
-	}
+// apply folds one order event into its order.
+func (x *orderIndex) apply(r *parcel.Record, seq uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	old := x.byID[e.Key()]
-	if old != nil && old.Rev >= v.Rev {
+	v := x.byID[r.OrderID]
+	if v == nil {
+		v = &OrderView{}
+		x.byID[r.OrderID] = v
+	} else if v.Rev >= seq {
 		return
 	}
-	if deleted {
-		if old == nil {
-			return // never seen: no page shows it
-		}
-		delete(x.byID, e.Key())
-		x.seq++
-		x.removed = append(x.removed, removal{id: e.Key(), store: old.Store, seq: x.seq})
-		if len(x.removed) > maxRemoved {
-			x.floor = x.removed[0].seq
-			x.removed = append(x.removed[:0], x.removed[1:]...)
-		}
-		return
-	}
+	v.Apply(r)
+	v.Rev = seq
 	x.seq++
 	v.seq = x.seq
-	x.byID[e.Key()] = v
 	// Trim in batches, not on every insert: sorting is O(n log n).
 	if len(x.byID) > x.max+x.max/8 {
 		x.trimLocked()
 	}
 }
 
-// trimLocked forgets orders until max are left: delivered ones first,
+// trimLocked forgets orders until max are left: finished ones first,
 // least recently changed first.
 func (x *orderIndex) trimLocked() {
 	all := make([]*OrderView, 0, len(x.byID))
@@ -180,7 +170,7 @@ func (x *orderIndex) trimLocked() {
 		all = append(all, v)
 	}
 	slices.SortFunc(all, func(a, b *OrderView) int {
-		ad, bd := a.Status == parcel.StatusDelivered, b.Status == parcel.StatusDelivered
+		ad, bd := a.Status.Terminal(), b.Status.Terminal()
 		if ad != bd {
 			if ad {
 				return -1
@@ -194,7 +184,7 @@ func (x *orderIndex) trimLocked() {
 	}
 }
 
-// Loaded reports whether the initial load of the bucket has finished.
+// Loaded reports whether the initial read of the stream has finished.
 func (x *orderIndex) Loaded() bool {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -223,29 +213,24 @@ func (x *orderIndex) recent(limit int, visible func(store string) bool) ([]*Orde
 }
 
 // changes returns the orders visible accepts that changed after seq since,
-// and those removed, with the seq to ask from next time. ok is false when
-// since is too old to answer (removals forgotten) or more than limit
-// changed: the page must then load a fresh snapshot.
-func (x *orderIndex) changes(since uint64, limit int, visible func(store string) bool) (changed []*OrderView, removed []string, next uint64, ok bool) {
+// with the seq to ask from next time. ok is false when since is ahead of
+// the index or more than limit changed: the page must then load a fresh
+// snapshot.
+func (x *orderIndex) changes(since uint64, limit int, visible func(store string) bool) (changed []*OrderView, next uint64, ok bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	if since < x.floor || since > x.seq {
-		return nil, nil, x.seq, false
+	if since > x.seq {
+		return nil, x.seq, false
 	}
 	for _, v := range x.byID {
 		if v.seq > since && visible(v.Store) {
 			if len(changed) == limit {
-				return nil, nil, x.seq, false
+				return nil, x.seq, false
 			}
 			changed = append(changed, v)
 		}
 	}
-	for _, r := range x.removed {
-		if r.seq > since && visible(r.store) {
-			removed = append(removed, r.id)
-		}
-	}
-	return changed, removed, x.seq, true
+	return changed, x.seq, true
 }
 
 // loads returns how many orders each driver holds and has not delivered.

@@ -68,7 +68,7 @@ func TestPageShowsTheSystemLive(t *testing.T) {
 	// The timeline of a delivered order: what `caps track` shows.
 	b.do("open a timeline", chromedp.Click(chromedp.CSS("#orders tbody tr[data-status=delivered]")))
 	b.until("the timeline dialog", `document.getElementById("timeline").open`)
-	b.until("its four steps", `[...document.querySelectorAll("#timeline-steps tbody tr")].map(r => r.dataset.status).join(",") === "pickup,assigned,in-transit,delivered"`)
+	b.until("its four steps", `[...document.querySelectorAll("#timeline-steps tbody tr")].map(r => r.dataset.status).join(",") === "created,assigned,in-transit,delivered"`)
 	b.until("who carried it", `document.querySelector("#timeline-facts").textContent.includes("driver `+driver+`")`)
 	b.do("close the timeline", chromedp.Click(chromedp.CSS("#timeline .dialog-head button")))
 	b.until("the dialog closed", `!document.getElementById("timeline").open`)

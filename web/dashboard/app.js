@@ -115,7 +115,7 @@ async function main() {
   orders.setScope(hello.orders, hello.store);
   if (hello.orders !== 'none') {
     // The events that move orders, as far as this identity may hear them.
-    const pattern = hello.orders === 'all' ? 'parcel.>' : `parcel.*.${hello.store}`;
+    const pattern = hello.orders === 'all' ? 'parcel.>' : `parcel.${hello.store}.>`;
     await hub.subscribe(pattern, () => orders.refresh()).catch((err) =>
       orders.show(`Live parcel events unavailable (${errorText(err)}); refreshing every second.`, true));
     orders.refresh();

@@ -1,14 +1,17 @@
 // The Parcels panel: a live table of orders with filters and a timeline.
 //
-// The hub keeps every order's state (the dispatcher's orders bucket) and
+// The hub folds every order's events (the parcel stream) into its state and
 // answers dashboard.orders with the orders that changed since the page's
-// cursor. The page asks when a parcel event arrives on its subscription,
-// and every second besides (a driver taking a pickup changes an order
-// without any event).
+// cursor. The page asks when a parcel event arrives on its subscription
+// (every change of an order is one), and every second besides.
 import { el, setText, duration, clock, throttle, errorText } from './util.js';
 
-const STAGES = ['pickup', 'assigned', 'in-transit', 'delivered'];
-const STATUS_TEXT = { pickup: 'pickup', assigned: 'assigned', 'in-transit': 'in transit', delivered: 'delivered' };
+const STAGES = ['created', 'assigned', 'in-transit', 'delivered', 'failed', 'returned', 'cancelled'];
+const STATUS_TEXT = {
+  created: 'created', assigned: 'assigned', 'in-transit': 'in transit', delivered: 'delivered',
+  failed: 'failed', returned: 'returned', cancelled: 'cancelled',
+};
+const FINISHED = new Set(['delivered', 'returned', 'cancelled']);
 const MAX_ROWS = 300; // rows in the table at once; the counts cover every order
 const MAX_KEPT = 3000; // orders the page remembers
 
@@ -18,11 +21,11 @@ export function stages(o, now) {
   const first = (s) => o.timeline.find((x) => x.status === s);
   const last = (s) => o.timeline.findLast((x) => x.status === s);
   const t = (x) => (x ? Date.parse(x.time) : null);
-  const picked = t(first('pickup')) ?? t(o.timeline[0]);
+  const picked = t(first('created')) ?? t(o.timeline[0]);
   const assigned = t(first('assigned'));
   const lastAssigned = t(last('assigned'));
   const transit = t(last('in-transit'));
-  const delivered = t(last('delivered'));
+  const delivered = t(last('delivered')) ?? t(last('returned')) ?? t(last('cancelled'));
   const upTo = (end) => end ?? now;
   return {
     created: picked,
@@ -121,9 +124,9 @@ export class OrdersPanel {
     this.render();
   }
 
-  /** forget drops the delivered orders that changed longest ago. */
+  /** forget drops the finished orders that changed longest ago. */
   forget() {
-    const done = [...this.orders.values()].filter((o) => o.status === 'delivered');
+    const done = [...this.orders.values()].filter((o) => FINISHED.has(o.status));
     done.sort((a, b) => Date.parse(a.timeline.at(-1).time) - Date.parse(b.timeline.at(-1).time));
     for (const o of done.slice(0, this.orders.size - MAX_KEPT)) this.orders.delete(o.orderID);
   }
@@ -143,7 +146,7 @@ export class OrdersPanel {
     const match = (o) =>
       (!want.store || o.store === want.store) &&
       (!want.driver || o.driver === want.driver) &&
-      (!want.status || (want.status === 'active' ? o.status !== 'delivered' : o.status === want.status));
+      (!want.status || (want.status === 'active' ? !FINISHED.has(o.status) : o.status === want.status));
     const shown = all.filter(match);
     for (const o of shown) o._st = stages(o, now);
     shown.sort((a, b) => b._st.created - a._st.created || (a.orderID < b.orderID ? -1 : 1));
@@ -209,7 +212,7 @@ export class OrdersPanel {
       setText(td, duration(v));
       td.classList.toggle('now', running);
     };
-    cell(c[5], st.waiting, o.status === 'pickup');
+    cell(c[5], st.waiting, o.status === 'created');
     cell(c[6], st.pickup, o.status === 'assigned');
     cell(c[7], st.transit, o.status === 'in-transit');
     cell(c[8], st.total, false);
