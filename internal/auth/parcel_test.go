@@ -94,21 +94,21 @@ func TestParcelPermissionsWithTokens(t *testing.T) {
 	if w := a.Welcome(); w.Role != "vendor" || w.Name != "store-a" {
 		t.Fatalf("vendor token granted %s %q", w.Role, w.Name)
 	}
-	_, err := a.Publish(ctx, parcel.Topic(parcel.EventPickup, "store-b"), order("store-b"))
+	_, err := a.Publish(ctx, parcel.Topic("store-b", uuid.NewString(), parcel.EventPickup, ""), order("store-b"))
 	wantCode(t, err, protocol.CodeForbidden, "vendor a posting for store b")
-	_, err = a.Publish(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), order("store-a"))
+	_, err = a.Publish(ctx, parcel.Topic("store-a", uuid.NewString(), parcel.EventDelivered, "store-a"), order("store-a"))
 	wantCode(t, err, protocol.CodeForbidden, "vendor a posting a driver's event")
-	for _, p := range []string{"parcel.delivered.store-b", "parcel.*.store-b", "parcel.>", "parcel.pickup.*", ">"} {
+	for _, p := range []string{parcel.MailboxPattern("store-b"), parcel.StorePattern("store-b"), "parcel.>", parcel.PickupPattern, ">"} {
 		_, err := a.Subscribe(ctx, p, nop)
 		wantCode(t, err, protocol.CodeForbidden, "vendor a subscribing to "+p)
 	}
 
 	d := dialAs(t, ph.addr, ph.driver)
-	for _, p := range []string{"parcel.delivered.store-a", "parcel.*.store-a", "parcel.in-transit.*", "parcel.>"} {
+	for _, p := range []string{parcel.MailboxPattern("store-a"), parcel.StorePattern("store-a"), parcel.Topic("*", "*", parcel.EventInTransit, "*"), "parcel.>"} {
 		_, err := d.Subscribe(ctx, p, nop)
 		wantCode(t, err, protocol.CodeForbidden, "driver subscribing to "+p)
 	}
-	_, err = d.Publish(ctx, parcel.Topic(parcel.EventPickup, "store-a"), order("store-a"))
+	_, err = d.Publish(ctx, parcel.Topic("store-a", uuid.NewString(), parcel.EventPickup, ""), order("store-a"))
 	wantCode(t, err, protocol.CodeForbidden, "driver posting a pickup")
 
 	// Vendor b's durable notifications are b's: a cannot take them over by
@@ -116,15 +116,15 @@ func TestParcelPermissionsWithTokens(t *testing.T) {
 	// a's own pattern: vendor-store-b is a name only b's vendor is granted
 	// (a durable of a's own takes another name).
 	b := dialAs(t, ph.addr, ph.vendorB)
-	if _, err := b.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-b"), nop,
+	if _, err := b.Subscribe(ctx, parcel.MailboxPattern("store-b"), nop,
 		client.Durable(parcel.VendorDurable("store-b")), client.ManualAck(), client.DeliverAll()); err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-b"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
+	_, err = a.Subscribe(ctx, parcel.MailboxPattern("store-b"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
 	wantCode(t, err, protocol.CodeForbidden, "vendor a joining vendor b's durable")
-	_, err = a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
+	_, err = a.Subscribe(ctx, parcel.MailboxPattern("store-a"), nop, client.Durable(parcel.VendorDurable("store-b")), client.ManualAck())
 	wantCode(t, err, protocol.CodeForbidden, "vendor a using vendor b's durable name on its own pattern")
-	if _, err := a.Subscribe(ctx, parcel.Topic(parcel.EventDelivered, "store-a"), nop, client.Durable("a-archive"), client.ManualAck()); err != nil {
+	if _, err := a.Subscribe(ctx, parcel.MailboxPattern("store-a"), nop, client.Durable("a-archive"), client.ManualAck()); err != nil {
 		t.Fatalf("vendor a's own pattern under a durable name of its own: %v", err)
 	}
 

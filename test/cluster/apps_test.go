@@ -11,10 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
+	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/chat"
 	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
+	"github.com/caps-hub/caps/protocol"
 )
 
 // hubApps are the applications of one hub of the tests: what `caps hub`
@@ -139,7 +143,9 @@ func runParcels(t *testing.T, r *rig, vendors []parcelVendor, drivers []*running
 				ids = append(ids, id)
 			}
 			mu.Unlock()
-			if a, err := r.b.apps.parcel.Audit(context.Background(), ids); err == nil {
+			if a, err := r.b.apps.parcel.Audit(context.Background(), ids); err != nil {
+				t.Logf("audit: %v", err)
+			} else {
 				for _, id := range ids {
 					var steps []string
 					if o := a.Orders[id]; o != nil {
@@ -153,10 +159,16 @@ func runParcels(t *testing.T, r *rig, vendors []parcelVendor, drivers []*running
 			for store, out := range vendorOut {
 				t.Logf("vendor %s printed %d thank-yous", store, out.count("Thank you"))
 			}
-			if c, err := r.b.apps.host.JetStream().Consumer(context.Background(), parcel.StreamName, hub.ConsumerName(parcel.DriversDurable, parcel.Topic(parcel.EventPickup, "*"))); err == nil {
-				ci := c.CachedInfo()
-				t.Logf("consumer %s: pending %d, ack pending %d, redelivered %d, waiting %d, delivered %+v, ack floor %+v",
-					ci.Name, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.NumWaiting, ci.Delivered, ci.AckFloor)
+			consumers := []string{hub.ConsumerName(parcel.DriversDurable, parcel.PickupPattern)}
+			for _, v := range vendors {
+				consumers = append(consumers, hub.ConsumerName(parcel.VendorDurable(v.store), parcel.MailboxPattern(v.store)))
+			}
+			for _, name := range consumers {
+				if c, err := r.b.apps.host.JetStream().Consumer(context.Background(), parcel.StreamName, name); err == nil {
+					ci := c.CachedInfo()
+					t.Logf("consumer %s: pending %d, ack pending %d, redelivered %d, waiting %d, delivered %+v, ack floor %+v",
+						ci.Name, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.NumWaiting, ci.Delivered, ci.AckFloor)
+				}
 			}
 			buf := make([]byte, 1<<20)
 			n := runtime.Stack(buf, true)
@@ -320,4 +332,82 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// flowFairDispatch: across hubs, a driver with parcels in its van (on hub
+// A) waits behind idle ones (on hub B), and idle drivers of capacity 1 and 5
+// on different hubs take turns: each hub pulls from the drivers' queue with
+// the priority of its least-loaded drivers.
+func flowFairDispatch(t *testing.T, r *rig) {
+	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
+	defer cancel()
+	vendor, err := client.Dial(ctx, []string{r.a.Addr()}, client.Options{Role: protocol.RoleVendor, Name: "fair-shop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vendor.Close()
+	status := func(id string, s parcel.Status) func() bool {
+		return func() bool {
+			o, _, err := r.b.apps.parcel.Order(ctx, id)
+			return err == nil && o.Status == s
+		}
+	}
+	post := func(n int, until parcel.Status) {
+		for i := range n {
+			id := uuid.NewString()
+			body := fmt.Sprintf(`{"store":"fair-shop","orderID":%q,"customer":"Customer %d","address":"%d Fair Street"}`, id, i, i)
+			if _, err := vendor.Publish(ctx, parcel.Topic("fair-shop", id, parcel.EventPickup, ""), []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+			hubtest.Until(t, flowTimeout, "order "+id+" "+string(until), status(id, until))
+		}
+	}
+	// waiting waits until n pull requests wait on the drivers' queue: every
+	// hub with drivers has asked.
+	waiting := func(n int) {
+		hubtest.Until(t, flowTimeout, fmt.Sprintf("%d pull requests on the drivers' queue", n), func() bool {
+			c, err := r.a.apps.host.JetStream().Consumer(ctx, parcel.StreamName, hub.ConsumerName(parcel.DriversDurable, parcel.PickupPattern))
+			return err == nil && c.CachedInfo().NumWaiting >= n
+		})
+	}
+	drivers := map[string]*capture{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	dctx, stopDrivers := context.WithCancel(ctx)
+	defer stopDrivers()
+	start := func(h *runningHub, name string, capacity int, deliver time.Duration) (stop func()) {
+		out := &capture{}
+		drivers[name] = out
+		ready, done := make(chan struct{}), make(chan struct{})
+		cfg := parcel.DriverConfig{ClientConfig: parcel.ClientConfig{Hub: []string{h.Addr()}, Timeout: flowTimeout, Out: out,
+			Log: testLog(t, slog.LevelError), OnReady: func() { close(ready) }},
+			Name: name, Capacity: capacity, PickupDelay: time.Millisecond, DeliverDelay: deliver, Grace: time.Millisecond}
+		ctx, cancel := context.WithCancel(dctx)
+		wg.Add(1)
+		go func() { defer wg.Done(); defer close(done); _ = parcel.RunDriver(ctx, cfg) }()
+		<-ready
+		return func() { cancel(); <-done }
+	}
+	// The van, alone at first on hub A, keeps two parcels on the road.
+	start(r.a, "van-a", 5, time.Hour)
+	post(2, parcel.StatusInTransit)
+	start(r.b, "solo-b", 1, time.Millisecond)
+	stopSecond := start(r.b, "solo-b2", 1, time.Millisecond)
+	waiting(2)
+	post(6, parcel.StatusDelivered)
+	onB := drivers["solo-b"].count("delivered ") + drivers["solo-b2"].count("delivered ")
+	if onB != 6 {
+		t.Errorf("the idle drivers on hub B delivered %d of 6 orders; the busy van on hub A took the others", onB)
+	}
+	// An idle driver of capacity 5 on hub A, one of capacity 1 on hub B:
+	// they take turns.
+	stopSecond()
+	before := drivers["solo-b"].count("delivered ")
+	start(r.a, "idle-a", 5, time.Millisecond)
+	post(8, parcel.StatusDelivered)
+	a, b := drivers["idle-a"].count("delivered "), drivers["solo-b"].count("delivered ")-before
+	t.Logf("idle drivers: capacity 5 on hub A delivered %d, capacity 1 on hub B %d", a, b)
+	if a < 2 || b < 2 {
+		t.Errorf("of 8 orders at low load, the capacity-5 driver on hub A delivered %d and the capacity-1 driver on hub B %d", a, b)
+	}
 }

@@ -33,6 +33,7 @@ func runFlows(t *testing.T, r *rig) {
 		{"DurableOnceAcrossHubs", flowDurableOnce},
 		{"ParcelsVendorAToDriverB", flowParcelsVendorAToDriverB},
 		{"ParcelsAcrossHubs", flowParcels},
+		{"FairDispatchAcrossHubs", flowFairDispatch},
 		{"ChatAcrossHubs", flowChat},
 		{"NATSNodeDiesMidRun", flowNodeDies},
 		{"HubDiesClientsFailOver", flowHubDies},
@@ -54,7 +55,7 @@ func flowReplicated(t *testing.T, r *rig) {
 	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
 	defer cancel()
 	js := r.a.apps.host.JetStream()
-	for _, name := range []string{"CAPS_CLIENTS", "CAPS_PARCELS", "KV_CAPS_ORDERS", "CHAT_ROOMS", "KV_CHAT_PRESENCE", "CLUSTER_JOBS"} {
+	for _, name := range []string{"CAPS_CLIENTS", "CAPS_PARCELS", "KV_CAPS_ORDER_SECRETS", "CHAT_ROOMS", "KV_CHAT_PRESENCE", "CLUSTER_JOBS"} {
 		s, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Errorf("stream %s: %v", name, err)
