@@ -221,18 +221,11 @@ func (g *durableGroup) fetch(ctx context.Context, c jetstream.Consumer, n, prior
 	if err != nil {
 		return err
 	}
-	// Each message is handed out on its own goroutine: a deliver hook may
-	// write to the engine (the parcel app records the assignment), and those
-	// writes overlap rather than queue behind each other.
-	var handing sync.WaitGroup
+	// In order: a member is handed a durable's messages in the order the
+	// stream has them.
 	for msg := range batch.Messages() {
-		handing.Add(1)
-		go func() {
-			defer handing.Done()
-			g.handle(msg)
-		}()
+		g.handle(msg)
 	}
-	handing.Wait()
 	return batch.Error()
 }
 

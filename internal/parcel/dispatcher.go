@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/caps-hub/caps/hub"
@@ -125,7 +126,8 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	if err != nil {
 		return fmt.Errorf("parcel stream: %w", err)
 	}
-	d.store = &orderStore{save: h.Store, stream: stream, cache: newRecordCache(d.opts.CacheSize)}
+	put := func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) { return d.js.PublishMsg(ctx, m) }
+	d.store = &orderStore{save: h.Store, put: put, stream: stream, cache: newRecordCache(d.opts.CacheSize)}
 	// A secret outlives its order by a month (a late look at the tracking
 	// page); a new order that needs one is refused when the bucket is full.
 	if d.secrets, err = h.KeyValue(ctx, hub.BucketSpec{Bucket: SecretsBucket, TTL: d.opts.Retention + 30*24*time.Hour,
@@ -420,7 +422,7 @@ func (d *Dispatcher) onDeliver(ctx context.Context, s hub.SessionInfo, topic str
 		if next == nil {
 			return nil // held by this driver already
 		}
-		if _, _, err := d.store.write(ctx, next, seq); err != nil {
+		if _, _, err := d.store.record(ctx, next, seq); err != nil {
 			if errors.Is(err, errConflict) {
 				fresh = true
 				continue

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
@@ -134,7 +135,7 @@ type driver struct {
 	wg         sync.WaitGroup
 
 	mu       sync.Mutex
-	jobs     map[string]*job // orders in hand, by id
+	jobs     map[string]*job // orders in hand, by jobKey
 	stopping bool            // no new jobs
 }
 
@@ -168,8 +169,10 @@ func (d *driver) onPickup(m *client.Msg) {
 		d.mu.Unlock()
 		return // not acknowledged: the hub gives it to another driver
 	}
-	if j := d.jobs[ev.OrderID]; j != nil {
-		// A second copy of an order in hand.
+	key := jobKey(rec.OrderID, rec.Attempt)
+	if j := d.jobs[key]; j != nil {
+		// A second copy of a pickup in hand (a later attempt at the same
+		// order is a new job: it may come while the failed one winds up).
 		if j.transit {
 			d.mu.Unlock()
 			d.ack(m)
@@ -180,7 +183,7 @@ func (d *driver) onPickup(m *client.Msg) {
 		return
 	}
 	j := &job{ev: ev, rec: rec, msgs: []*client.Msg{m}}
-	d.jobs[ev.OrderID] = j
+	d.jobs[key] = j
 	d.wg.Add(1)
 	d.mu.Unlock()
 	go d.run(j)
@@ -204,13 +207,14 @@ func (d *driver) resume(ctx context.Context) {
 	}
 	for _, o := range orders {
 		d.mu.Lock()
-		if d.stopping || d.jobs[o.OrderID] != nil {
+		key := jobKey(o.OrderID, o.Attempt)
+		if d.stopping || d.jobs[key] != nil {
 			d.mu.Unlock()
 			continue
 		}
 		j := &job{ev: Event{Parcel: o.Parcel()}, transit: true, returning: o.Status == StatusFailed,
 			rec: Record{Attempt: o.Attempt, MaxAttempts: o.MaxAttempts, RequirePIN: o.RequirePIN}}
-		d.jobs[o.OrderID] = j
+		d.jobs[key] = j
 		d.wg.Add(1)
 		d.mu.Unlock()
 		d.cfg.Log.Info("resuming a parcel left in transit", "driver", d.cfg.Name, "order", o.OrderID)
@@ -223,7 +227,7 @@ func (d *driver) run(j *job) {
 	id := j.ev.OrderID
 	defer func() {
 		d.mu.Lock()
-		delete(d.jobs, id)
+		delete(d.jobs, jobKey(id, j.rec.Attempt))
 		d.mu.Unlock()
 	}()
 	// Wait for room in the van; the pickup stays ours (unacknowledged) meanwhile.
@@ -354,6 +358,9 @@ func (d *driver) ack(m *client.Msg) {
 		d.cfg.Log.Debug("pickup ack failed", "driver", d.cfg.Name, "seq", m.Seq, "err", err)
 	}
 }
+
+// jobKey names a job: one attempt at an order.
+func jobKey(orderID string, attempt int) string { return orderID + "#" + strconv.Itoa(attempt) }
 
 // sleep waits d or until ctx ends, reporting whether the full time passed.
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -22,6 +22,10 @@ func timeline(t *testing.T, th *testHub, id string) string {
 	if err != nil {
 		t.Fatalf("order %s: %v", id, err)
 	}
+	return timelineOf(o)
+}
+
+func timelineOf(o *parcel.Order) string {
 	var steps []string
 	for _, st := range o.Timeline {
 		steps = append(steps, string(st.Status)+"/"+st.By)

@@ -152,7 +152,16 @@ func TestFailedAttemptsAreOfferedAgainThenReturned(t *testing.T) {
 	if err := publish(acme, parcel.Topic("acme", id, parcel.EventPickup, ""), payload(t, o), ""); err != nil {
 		t.Fatal(err)
 	}
-	hubtest.Until(t, 20*time.Second, "the order returned", statusIs(th, id, parcel.StatusReturned, "unlucky"))
+	hubtest.Eventually(t, 20*time.Second, "the order returned", func() error {
+		if statusIs(th, id, parcel.StatusReturned, "unlucky")() {
+			return nil
+		}
+		o, _, err := th.d.Order(context.Background(), id)
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("order %s: %s (driver printed %q)", o.Status, timelineOf(o), f.drivers["unlucky"].Lines())
+	})
 	want := "created/acme assigned/unlucky in-transit/unlucky failed/unlucky created/test assigned/unlucky in-transit/unlucky failed/unlucky returned/unlucky"
 	if got := timeline(t, th, id); got != want {
 		t.Errorf("timeline %q, want %q", got, want)

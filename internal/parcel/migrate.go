@@ -114,8 +114,8 @@ func Migrate(ctx context.Context, eng *engine.Engine, maxAttempts int, log *slog
 	if err != nil {
 		return rep, err
 	}
-	st := &orderStore{save: func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) { return eng.Store(ctx, m) },
-		stream: stream, cache: newRecordCache(1024)}
+	save := func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) { return eng.Store(ctx, m) }
+	st := &orderStore{save: save, put: save, stream: stream, cache: newRecordCache(1024)}
 
 	// Three passes, so that the new durables start at the right place: the
 	// history first (nothing to offer, nobody to tell), then the durables,

@@ -42,10 +42,14 @@ const (
 // confirmed against a fresh read.
 type orderStore struct {
 	// save stores a message and returns once it is as durable as the
-	// engine's policy says (hub.Host.Store, engine.Engine.Store).
-	save   func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error)
-	stream jetstream.Stream
-	cache  *recordCache
+	// engine's policy says (hub.Host.Store, engine.Engine.Store): for what a
+	// client is told is done. put stores it and returns once the engine has
+	// it, which with the embedded engine's group sync is on disk with the
+	// next sync, within ~200 ms (a JetStream publish): for the assignment
+	// recorded while a pickup is handed out, which waits for no one.
+	save, put func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error)
+	stream    jetstream.Stream
+	cache     *recordCache
 	// committed is the room the orders take in the stream, as this hub
 	// knows it: what is stored plus what the orders in flight will still
 	// store (orderFootprint), measured on the engine every few seconds (every
@@ -128,13 +132,28 @@ func (s *orderStore) records(ctx context.Context, id string) ([]*Record, uint64,
 const maxOrderEvents = 512
 
 // write stores r as the order's next event after its event prevSeq (0 for a
-// new order). It returns errConflict when the order's last event is not
-// prevSeq any more: for a new order, when any store has an event with its
-// id; for the next events, when the order (its store's) has moved on.
+// new order), and returns once it is durable (save). It returns errConflict
+// when the order's last event is not prevSeq any more: for a new order,
+// when any store has an event with its id; for the next events, when the
+// order (its store's) has moved on.
 //
 // Every stored transition goes through this function, so the engine's
 // batched store (group commit, issue 13 item 2) is a one-line change here.
 func (s *orderStore) write(ctx context.Context, r *Record, prevSeq uint64) (uint64, []byte, error) {
+	return s.writeWith(ctx, s.save, r, prevSeq)
+}
+
+// record is write without waiting for the sync to disk (put): an
+// assignment. A power cut before the next sync undoes it: the pickup is
+// handed out again after the restart, and if it goes to another driver the
+// first one's in-transit is refused (not-holder) — never two holders.
+// Waiting for a sync before every hand-over serialised the drivers' queue
+// (measured with group sync: orders p99 3.6–5.5× raw JetStream's).
+func (s *orderStore) record(ctx context.Context, r *Record, prevSeq uint64) (uint64, []byte, error) {
+	return s.writeWith(ctx, s.put, r, prevSeq)
+}
+
+func (s *orderStore) writeWith(ctx context.Context, store func(context.Context, *nats.Msg) (*jetstream.PubAck, error), r *Record, prevSeq uint64) (uint64, []byte, error) {
 	r.EventID = eventIDFor(r, prevSeq)
 	data := appendRecord(make([]byte, 0, 512), r)
 	h := nats.Header{
@@ -146,7 +165,7 @@ func (s *orderStore) write(ctx context.Context, r *Record, prevSeq uint64) (uint
 		h[keyHeader] = []string{r.key}
 	}
 	m := &nats.Msg{Subject: engine.Subject(topicOf(r)), Data: data, Header: h}
-	ack, err := s.save(ctx, m)
+	ack, err := store(ctx, m)
 	if err != nil {
 		if isConflict(err) {
 			s.cache.drop(r.OrderID)

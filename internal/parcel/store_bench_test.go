@@ -46,7 +46,8 @@ func BenchmarkOrderStore(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := &orderStore{save: func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) { return eng.Store(ctx, m) },
+	save := func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) { return eng.Store(ctx, m) }
+	st := &orderStore{save: save, put: save,
 		stream: stream, cache: newRecordCache(16)}
 
 	// Fill: n orders of 20 stores, each created and assigned.
