@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/caps-hub/caps/hub"
@@ -140,10 +141,23 @@ func scanStream(ctx context.Context, js jetstream.JetStream, patterns []string, 
 		subjects[i] = engine.Subject(p)
 	}
 	pattern := strings.Join(patterns, ", ")
-	cons, err := js.OrderedConsumer(ctx, StreamName, jetstream.OrderedConsumerConfig{
-		FilterSubjects: subjects,
-		DeliverPolicy:  policy,
-	})
+	var cons jetstream.Consumer
+	var err error
+	for wait := 50 * time.Millisecond; ; wait *= 2 {
+		cons, err = js.OrderedConsumer(ctx, StreamName, jetstream.OrderedConsumerConfig{
+			FilterSubjects: subjects,
+			DeliverPolicy:  policy,
+		})
+		// A cluster electing a leader answers nothing for a moment.
+		if err == nil || !errors.Is(err, nats.ErrNoResponders) || wait > 2*time.Second {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("read %s: %w", pattern, err)
+		case <-time.After(wait):
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("read %s: %w", pattern, err)
 	}

@@ -21,19 +21,15 @@ import (
 //     finished more than Retention ago — but a delivered order whose
 //     vendor has a durable mailbox that has not yet acknowledged the
 //     notification is kept, so that an offline vendor is still told;
-//   - the stream's size is watched, with what the orders in flight will
-//     still store: past fullRatio of MaxBytes the dispatcher refuses new
-//     orders (store_full).
+//   - the stream's size is measured, with what the orders in flight will
+//     still store (at every sweep, and each order this hub accepts counted
+//     at once at its whole lifecycle's size): past fullRatio of MaxBytes
+//     the dispatcher refuses new orders (store_full).
 //
 // Orders in flight are never removed, however old: the retention rule is
 // that no accepted, unfinished order is ever discarded to make room.
 
-// usageEvery is how often the stream's size is looked at.
-const usageEvery = 5 * time.Second
-
 func (d *Dispatcher) sweep(ctx context.Context) {
-	usage := time.NewTicker(usageEvery)
-	defer usage.Stop()
 	first := time.NewTimer(time.Second)
 	defer first.Stop()
 	sweeps := time.NewTicker(d.opts.SweepEvery)
@@ -43,13 +39,15 @@ func (d *Dispatcher) sweep(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-usage.C:
-			d.checkUsage(ctx)
 		case <-first.C:
-			d.sweepOnce(ctx)
 		case <-sweeps.C:
-			d.sweepOnce(ctx)
 		}
+		d.sweepOnce(ctx)
+		// Measured with the sweeps, not more often: counting the orders in
+		// flight makes a consumer, which on a cluster is a meta-layer
+		// operation; between two measurements each order this hub accepts
+		// is counted at its whole lifecycle's size.
+		d.checkUsage(ctx)
 	}
 }
 
