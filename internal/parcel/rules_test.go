@@ -71,7 +71,7 @@ func stateOf(t *testing.T, th *testHub, id string) state {
 		b, _ := json.Marshal(o)
 		s.rev, s.record = rev, string(b)
 	}
-	a, err := th.d.Audit(ctx, nil)
+	a, err := th.d.Audit(ctx, []string{id})
 	if err != nil {
 		t.Fatal(err)
 	}
