@@ -82,6 +82,18 @@ func watchLines(r io.Reader) *lineWatcher {
 	return w
 }
 
+// drained waits until the reader has ended (the process closed its end) and
+// every line is read. exec.Cmd.Wait closes the pipes once the process has
+// exited, so calling it before this can lose the last lines a process wrote
+// just before exiting (TestHubKill9 saw a vendor's last thank-you lost so).
+func (w *lineWatcher) drained() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for !w.done {
+		w.cond.Wait()
+	}
+}
+
 // waitFor waits until a line containing s appears, or fails the test.
 func (w *lineWatcher) waitFor(t *testing.T, s string, timeout time.Duration) string {
 	t.Helper()

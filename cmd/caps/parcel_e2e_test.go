@@ -35,7 +35,11 @@ func startProcess(t *testing.T, bin string, args ...string) *process {
 		t.Fatal(err)
 	}
 	p := &process{cmd: cmd, out: watchLines(stdout), errs: watchLines(stderr), exited: make(chan error, 1)}
-	go func() { p.exited <- cmd.Wait() }()
+	go func() {
+		p.out.drained()
+		p.errs.drained()
+		p.exited <- cmd.Wait()
+	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-p.exited

@@ -355,15 +355,21 @@ func (d *Dispatcher) change(ctx context.Context, m move) (hub.Stored, error) {
 			}
 		}
 		next := dec.next
+		// The driver's load moves before the event is visible: whoever
+		// sees a delivery stored (a vendor posting its next order at once)
+		// finds the driver free already, not a moment later.
+		undo := d.moveLoad(next)
 		newSeq, data, err := d.store.write(ctx, next, seq)
 		if errors.Is(err, errConflict) {
+			undo()
 			fresh, attempted = true, next.EventID
 			continue
 		}
 		if err != nil {
+			undo()
 			return hub.Stored{}, d.storeErr(err)
 		}
-		d.recorded(cur, next)
+		d.metrics.record(cur, next)
 		if next.Status == StatusFailed {
 			d.offerAgain(ctx, next, newSeq)
 		}
@@ -448,13 +454,26 @@ func pickupAttempt(payload []byte) int {
 // this hub stored.
 func (d *Dispatcher) recorded(prev, next *Record) {
 	d.metrics.record(prev, next)
+	d.moveLoad(next)
+}
+
+// moveLoad applies what next changes in its driver's load and returns the
+// undoing of it.
+func (d *Dispatcher) moveLoad(next *Record) (undo func()) {
+	k := 0
 	switch next.Event {
 	case EventInTransit:
-		d.loads.add(next.Driver, 1)
+		k = 1
 	case EventDelivered, EventFailed:
-		d.loads.add(next.Driver, -1)
+		k = -1
+	default:
+		return func() {}
+	}
+	moved := d.loads.add(next.Driver, k)
+	if k < 0 {
 		d.host.LoadChanged() // the drivers' queue may pull with a better priority
 	}
+	return func() { d.loads.add(next.Driver, -moved) }
 }
 
 // loadOf is the hub's load hook for the drivers' queue: the parcels a
@@ -473,14 +492,19 @@ type loadBook struct {
 	n  map[string]int
 }
 
-func (b *loadBook) add(driver string, k int) {
+// add adds k to driver's count, never going below 0, and returns what it
+// changed.
+func (b *loadBook) add(driver string, k int) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if v := b.n[driver] + k; v > 0 {
+	was := b.n[driver]
+	v := max(was+k, 0)
+	if v > 0 {
 		b.n[driver] = v
 	} else {
 		delete(b.n, driver)
 	}
+	return v - was
 }
 
 func (b *loadBook) get(driver string) int {
