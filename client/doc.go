@@ -13,10 +13,10 @@
 //	})
 //	if err != nil { … }
 //	defer c.Close()
-//	sub, err := c.Subscribe(ctx, "parcel.pickup.*", func(m *client.Msg) {
+//	sub, err := c.Subscribe(ctx, "parcel.*.*.pickup", func(m *client.Msg) {
 //		… // durable: acked automatically when the handler returns
 //	}, client.Queue("drivers"), client.Durable("drivers"))
-//	seq, err := c.Publish(ctx, "parcel.in-transit.acme", body, client.WithMsgID(id))
+//	seq, err := c.Publish(ctx, "parcel.acme."+orderID+".in-transit.dana", body, client.WithMsgID(id))
 //
 // # Delivery guarantees
 //

@@ -196,14 +196,15 @@ const (
 )
 
 var (
-	fuzzPatterns = []string{"parcel.pickup.*", "parcel.delivered.acme", "parcel.>", "chat.room.lobby", "chat.room.*",
-		"chat.dm.fz", "client.>", "f.>", "f.x", ">", "a..b", "parcel.*.acme"}
+	fuzzPatterns = []string{parcel.PickupPattern, parcel.MailboxPattern("acme"), "parcel.>", "chat.room.lobby", "chat.room.*",
+		"chat.dm.fz", "client.>", "f.>", "f.x", ">", "a..b", parcel.StorePattern("acme")}
 	fuzzDurables = []string{"drivers", "vendor-acme", "mine", "x", "bad name", strings.Repeat("d", 65)}
 	fuzzGroups   = []string{"g", "drivers", "bad group"}
 	// JSON numbers at and past every bound, and things that are not numbers.
 	fuzzNumbers = []string{"0", "1", "-1", "1000", "1001", "100", "99", "86400000", "86400001",
 		"4611686018427387904", "9223372036854775807", "1e309", "1.5", `"3"`, "null", "[]"}
-	fuzzTopics = []string{"parcel.pickup.acme", "parcel.in-transit.acme", "parcel.delivered.acme", "chat.room.lobby",
+	fuzzTopics = []string{"parcel.acme.6f1c3a0e-8a8b-4a71-9c52-6d4c0b0f2a11.pickup", "parcel.acme.6f1c3a0e-8a8b-4a71-9c52-6d4c0b0f2a00.in-transit.fz",
+		"parcel.acme.6f1c3a0e-8a8b-4a71-9c52-6d4c0b0f2a00.delivered.fz", "chat.room.lobby",
 		"chat.dm.bob", "f.x", "client.connected", "classroom.hello", "chat.presence.lobby"}
 	fuzzPayloads = []string{
 		`{"store":"acme","orderID":"6f1c3a0e-8a8b-4a71-9c52-6d4c0b0f2a11","customer":"Ada","address":"1 Main St"}`,
@@ -213,7 +214,7 @@ var (
 		`{}`, ``, `x`, `{"store":"acme","orderID":"` + strings.Repeat("9", 3000) + `"}`,
 	}
 	fuzzKeys     = []string{"", "k1", "6f1c3a0e-8a8b-4a71-9c52-6d4c0b0f2a11.delivered", "~client~fz~x", " bad", "a\r\nb", strings.Repeat("k", 300)}
-	fuzzServices = []string{parcel.TrackService, parcel.HeldService, chat.ServiceWho, chat.ServiceRooms, chat.ServiceHistory, "nope"}
+	fuzzServices = []string{parcel.TrackService, parcel.HeldService, chat.ServiceWho, chat.ServiceRooms, chat.ServiceHistory, "nope", parcel.SecretService}
 	fuzzBodies   = []string{"6f1c3a0e-8a8b-4a71-9c52-6d4c0b0f2a11", `{"orderID":"6f1c3a0e-8a8b-4a71-9c52-6d4c0b0f2a11"}`,
 		`{"room":"lobby","limit":5}`, `{"room":"lobby","limit":99999999999}`, `{"room":"../x"}`, ``, `{`}
 )
@@ -473,7 +474,7 @@ func seedStored(tb testing.TB, h *hub.Hub) {
 	}
 	for i := range 5 {
 		id := fmt.Sprintf("6f1c3a0e-8a8b-4a71-9c52-6d4c0b0f2a%02d", i)
-		vendor.c.Write((&protocol.Frame{Op: protocol.OpPub, ID: uint64(i + 1), Topic: []byte("parcel.pickup.acme"), Key: []byte(id + ".pickup"),
+		vendor.c.Write((&protocol.Frame{Op: protocol.OpPub, ID: uint64(i + 1), Topic: []byte(parcel.Topic("acme", id, parcel.EventPickup, "")), Key: []byte(id + ".pickup"),
 			Payload: fmt.Appendf(nil, `{"store":"acme","orderID":%q,"customer":"Ada","address":"1 Main St"}`, id)}).Encode())
 		if f, err := vendor.next(); err != nil || f.Op != protocol.OpOK {
 			tb.Fatalf("seed: pickup: %v %v", f, err)

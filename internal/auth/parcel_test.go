@@ -233,11 +233,11 @@ func TestDurableGrantsInTheAuthFile(t *testing.T) {
 		e   auth.Entry
 	}{
 		// A logger trusted to stand in for a driver.
-		{&tok.relief, auth.Entry{Name: "relief", Role: "logger", Permissions: &hub.Permissions{Subscribe: []string{"parcel.pickup.*"}, Durable: []string{parcel.DriversDurable}}}},
+		{&tok.relief, auth.Entry{Name: "relief", Role: "logger", Permissions: &hub.Permissions{Subscribe: []string{parcel.PickupPattern}, Durable: []string{parcel.DriversDurable}}}},
 		// A driver with permissions of its own, durable left out: its role's grant stays.
-		{&tok.narrow, auth.Entry{Name: "narrow", Role: "driver", Permissions: &hub.Permissions{Subscribe: []string{"parcel.pickup.*"}}}},
+		{&tok.narrow, auth.Entry{Name: "narrow", Role: "driver", Permissions: &hub.Permissions{Subscribe: []string{parcel.PickupPattern}}}},
 		// A driver denied every shared durable.
-		{&tok.none, auth.Entry{Name: "none", Role: "driver", Permissions: &hub.Permissions{Subscribe: []string{"parcel.pickup.*"}, Durable: []string{}}}},
+		{&tok.none, auth.Entry{Name: "none", Role: "driver", Permissions: &hub.Permissions{Subscribe: []string{parcel.PickupPattern}, Durable: []string{}}}},
 	} {
 		*e.dst, e.e.SHA256 = auth.NewToken()
 		body.WriteString(auth.EntryYAML(e.e))
@@ -252,7 +252,7 @@ func TestDurableGrantsInTheAuthFile(t *testing.T) {
 	nop := func(*client.Msg) {}
 	join := func(token string) error {
 		c := dialAs(t, h.Addr().String(), token)
-		_, err := c.Subscribe(ctx, parcel.Topic(parcel.EventPickup, "*"), nop, client.Durable(parcel.DriversDurable), client.ManualAck())
+		_, err := c.Subscribe(ctx, parcel.PickupPattern, nop, client.Durable(parcel.DriversDurable), client.ManualAck())
 		return err
 	}
 	if err := join(tok.relief); err != nil {
