@@ -9,7 +9,10 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -148,23 +151,57 @@ func dial(t *testing.T, name, role string, addrs ...string) *client.Conn {
 
 // freePorts returns n TCP ports free on 127.0.0.1 right now. The NATS route
 // ports must be known before any node starts, since every node names all of
-// them in its routes.
+// them in its routes, so they are chosen here and bound later by the
+// servers. They come from below the kernel's ephemeral range: a port taken
+// from that range (by binding port 0) and released could be handed to any
+// other socket of the machine before the server binds it — another test's
+// listener or an outgoing connection — which failed TestProcessCluster with
+// "address already in use" when the suite ran beside other work.
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
+	lo, hi := ephemeralRange()
+	const first, last = 10000, 32767 // below Linux's default ephemeral range
+	ports := make([]int, 0, n)
 	var ls []net.Listener
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for tries := 0; len(ports) < n && tries < 1000; tries++ {
+		p := first + rand.IntN(last-first+1)
+		if p >= lo && p <= hi {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
-			t.Fatal(err)
+			continue // in use: try another
 		}
 		ls = append(ls, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+		ports = append(ports, p)
 	}
-	for _, l := range ls {
-		l.Close()
+	if len(ports) < n {
+		t.Fatalf("found only %d free ports of %d outside the ephemeral range", len(ports), n)
 	}
 	return ports
+}
+
+// ephemeralRange is the kernel's range for ports bound to port 0 and for
+// outgoing connections (Linux's default when it cannot be read).
+func ephemeralRange() (lo, hi int) {
+	lo, hi = 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	if f := strings.Fields(string(b)); len(f) == 2 {
+		a, err1 := strconv.Atoi(f[0])
+		z, err2 := strconv.Atoi(f[1])
+		if err1 == nil && err2 == nil {
+			return a, z
+		}
+	}
+	return lo, hi
 }
 
 // counter records, by key, how often something was seen and by whom.
