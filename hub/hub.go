@@ -391,8 +391,10 @@ func (h *Hub) shutdown(ctx context.Context) error {
 	r.stopBackground()
 	r.background.Wait()
 	h.events.flush()
-	if err := h.eng.NC.FlushWithContext(ctx); err != nil {
-		h.log.Warn("flush engine", "err", err)
+	for _, nc := range []*natsConn{h.eng.Live, h.eng.NC} {
+		if err := nc.FlushWithContext(ctx); err != nil {
+			h.log.Warn("flush engine", "err", err)
+		}
 	}
 	r.stopApps()
 	h.eng.Close()

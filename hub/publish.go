@@ -121,17 +121,33 @@ func engineMsg(topic, key, payload []byte) *nats.Msg {
 	return m
 }
 
-// publishLive hands a live message to NATS without allocating: the subject
-// is built in a buffer on the stack and lent to nats.go as a string, which
-// it copies into its outbound buffer before returning. A message id needs a
-// header, and so a nats.Msg.
+// publishLive hands a live message to the engine for every other hub and
+// subscriber (on its no-echo connection, so it does not come back here),
+// then to this hub's own subscribers directly (router.deliverLocal). The
+// engine first: a publish it refuses reaches nobody, so a client that
+// retries after the error does not deliver twice. When no one but this hub
+// can listen on the engine, the engine is skipped (router.needsEngine).
+//
+// The engine publish does not allocate: the subject is built in a buffer on
+// the stack and lent to nats.go as a string, which it copies into its
+// outbound buffer before returning. A message id needs a header, and so a
+// nats.Msg.
 func (h *Hub) publishLive(topic, key, payload []byte) error {
-	if len(key) > 0 {
-		return h.eng.NC.PublishMsg(engineMsg(topic, key, payload))
+	if h.router.needsEngine(topic) {
+		var err error
+		if len(key) > 0 {
+			err = h.eng.Live.PublishMsg(engineMsg(topic, key, payload))
+		} else {
+			var buf [len(engine.SubjectPrefix) + protocol.MaxTopicLen]byte
+			subj := append(append(buf[:0], engine.SubjectPrefix...), topic...)
+			err = h.eng.Live.Publish(unsafe.String(unsafe.SliceData(subj), len(subj)), payload)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	var buf [len(engine.SubjectPrefix) + protocol.MaxTopicLen]byte
-	subj := append(append(buf[:0], engine.SubjectPrefix...), topic...)
-	return h.eng.NC.Publish(unsafe.String(unsafe.SliceData(subj), len(subj)), payload)
+	h.router.deliverLocal(topic, key, payload)
+	return nil
 }
 
 // eventName is how a topic appears in EVENT lines and classroom objects.

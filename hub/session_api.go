@@ -100,7 +100,7 @@ func (s *Session) subscribe(ctx context.Context, sb subRequest, accepted func(si
 		}
 		return sid, err
 	}
-	ts, err := h.router.open(sb.Pattern, sb.Group)
+	ts, err := h.router.open(ctx, sb.Pattern, sb.Group)
 	if err != nil {
 		h.identSubs.give(s.identKey, 1)
 		h.runUnsubHooks(s, sb.Pattern)

@@ -89,7 +89,13 @@ func (c ClusterConfig) enabled() bool { return c.Listen != "" }
 // Engine is a live connection to NATS with JetStream.
 type Engine struct {
 	NC *nats.Conn
-	JS jetstream.JetStream
+	// Live is a second connection for live (not stored) traffic, with echo
+	// off: what the hub publishes on it reaches every other subscriber —
+	// other hubs, other connections of this hub — but never the
+	// subscriptions on Live itself. The hub delivers its own live publishes
+	// to its local subscribers directly and uses Live to reach the rest.
+	Live *nats.Conn
+	JS   jetstream.JetStream
 	// Replicas is the replica count new streams and buckets get: Config.Replicas,
 	// or the one chosen from the cluster size when that was 0.
 	Replicas int
@@ -111,6 +117,7 @@ type Engine struct {
 	monitorDone chan struct{}
 
 	srv    *server.Server // nil when external
+	shared bool           // see Shared
 	urls   string         // external servers, for messages
 	routes []string       // the embedded member's routes, for messages
 	log    *slog.Logger
@@ -118,6 +125,12 @@ type Engine struct {
 
 // Embedded reports whether the NATS server runs inside this process.
 func (e *Engine) Embedded() bool { return e.srv != nil }
+
+// Shared reports whether anything outside this process can reach the
+// engine: an external NATS, or an embedded server in a cluster (its routes
+// and its client port). An embedded server that is not clustered opens no
+// port, so the only connections it has are this process's.
+func (e *Engine) Shared() bool { return e.shared }
 
 // Server returns the embedded server, or nil.
 func (e *Engine) Server() *server.Server { return e.srv }
@@ -135,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.HealthInterval <= 0 {
 		cfg.HealthInterval = 2 * time.Second
 	}
-	e := &Engine{log: log}
+	e := &Engine{log: log, shared: cfg.URLs != "" || cfg.Cluster.enabled()}
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.MaxReconnects(-1),
@@ -183,6 +196,12 @@ func Start(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("connect to engine %s: %w", redact(urls), err)
 	}
 	e.NC = nc
+	live, err := nats.Connect(urls, append(opts, nats.Name(cfg.Name+" live"), nats.NoEcho())...)
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("connect to engine %s (live traffic): %w", redact(urls), err)
+	}
+	e.Live = live
 	js, err := jetstream.New(nc)
 	if err != nil {
 		e.Close()
@@ -505,7 +524,9 @@ func (e *Engine) monitor(ctx context.Context, every time.Duration) {
 }
 
 // Ready reports whether the engine connection is up.
-func (e *Engine) Ready() bool { return e.NC != nil && e.NC.IsConnected() }
+func (e *Engine) Ready() bool {
+	return e.NC != nil && e.NC.IsConnected() && e.Live != nil && e.Live.IsConnected()
+}
 
 // JetStreamAvailable reports whether JetStream answered recently: false on
 // the minority side of a network partition, or while the cluster has no
@@ -519,15 +540,18 @@ func (e *Engine) Close() {
 		e.stopMonitor()
 		<-e.monitorDone
 	}
-	if e.NC != nil {
-		if err := e.NC.Drain(); err != nil {
-			e.NC.Close()
+	for _, nc := range []*nats.Conn{e.Live, e.NC} {
+		if nc == nil {
+			continue
+		}
+		if err := nc.Drain(); err != nil {
+			nc.Close()
 		}
 		deadline := time.Now().Add(5 * time.Second)
-		for !e.NC.IsClosed() && time.Now().Before(deadline) {
+		for !nc.IsClosed() && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		e.NC.Close()
+		nc.Close()
 	}
 	if e.sync != nil {
 		e.sync.close()

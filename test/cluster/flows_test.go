@@ -3,6 +3,9 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +33,7 @@ func runFlows(t *testing.T, r *rig) {
 		{"StreamsReplicated", flowReplicated},
 		{"LiveAcrossHubs", flowLive},
 		{"QueueGroupAcrossHubs", flowQueueGroup},
+		{"LiveOnceInOrderAcrossHubs", flowLiveOnceInOrder},
 		{"DurableOnceAcrossHubs", flowDurableOnce},
 		{"ParcelsVendorAToDriverB", flowParcelsVendorAToDriverB},
 		{"ParcelsAcrossHubs", flowParcels},
@@ -149,6 +153,116 @@ func flowQueueGroup(t *testing.T, r *rig) {
 		}
 	}
 	t.Logf("queue group deliveries per hub: %v", got.byWho())
+}
+
+// flowLiveOnceInOrder: a live topic with publishers on both hubs, plain
+// subscribers on both, and a queue group with two members on hub A (the
+// publisher's hub, for half the messages) and one on hub B. A hub delivers
+// its own publishers' messages to its subscribers directly and the other
+// hub's through the engine: each plain subscription still gets each
+// publisher's messages once and in order, and the group gets each message
+// once in the whole cluster.
+func flowLiveOnceInOrder(t *testing.T, r *rig) {
+	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
+	defer cancel()
+	const topic, n = "order.live", 200
+	type sub struct {
+		name string
+		mu   sync.Mutex
+		got  []string
+	}
+	var plain []*sub
+	group := newCounter()
+	for _, h := range []*runningHub{r.a, r.b} {
+		s := &sub{name: "plain-" + h.name}
+		plain = append(plain, s)
+		c := dial(t, s.name, protocol.RoleClient, h.Addr())
+		if _, err := c.Subscribe(ctx, topic, func(m *client.Msg) {
+			s.mu.Lock()
+			s.got = append(s.got, string(m.Payload))
+			s.mu.Unlock()
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, h := range []*runningHub{r.a, r.a, r.b} {
+		who := fmt.Sprintf("member%d-%s", i, h.name)
+		c := dial(t, who, protocol.RoleClient, h.Addr())
+		if _, err := c.Subscribe(ctx, topic, func(m *client.Msg) { group.add(string(m.Payload), who) }, client.Queue("ordered")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pubs := map[string]*client.Conn{
+		"a": dial(t, "pub-a", protocol.RoleClient, r.a.Addr()),
+		"b": dial(t, "pub-b", protocol.RoleClient, r.b.Addr()),
+	}
+	// Every subscription's interest must have reached the other hub's
+	// engine node: probes from both sides, until each plain subscriber and
+	// the group has one from each.
+	hubtest.Until(t, flowTimeout, "both hubs' subscriptions known cluster-wide", func() bool {
+		for who, p := range pubs {
+			_ = p.PublishAsync(topic, []byte("probe-"+who))
+			_ = p.Flush(ctx)
+		}
+		for _, s := range plain {
+			s.mu.Lock()
+			a, b := slices.Contains(s.got, "probe-a"), slices.Contains(s.got, "probe-b")
+			s.mu.Unlock()
+			if !a || !b {
+				return false
+			}
+		}
+		return group.has("probe-a") && group.has("probe-b")
+	})
+	var keys []string
+	var wg sync.WaitGroup
+	for who, p := range pubs {
+		for i := range n {
+			keys = append(keys, fmt.Sprintf("%s:%d", who, i))
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n {
+				if err := p.PublishAsync(topic, fmt.Appendf(nil, "%s:%d", who, i)); err != nil {
+					t.Errorf("publish on hub %s: %v", who, err)
+					return
+				}
+			}
+			if err := p.Flush(ctx); err != nil {
+				t.Errorf("flush on hub %s: %v", who, err)
+			}
+		}()
+	}
+	wg.Wait()
+	hubtest.Until(t, flowTimeout, "every message to the queue group", func() bool { return group.hasAll(keys) })
+	for _, s := range plain {
+		hubtest.Eventually(t, flowTimeout, s.name+" to get every message once, in order", func() error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			next := map[string]int{}
+			for _, m := range s.got {
+				who, num, ok := strings.Cut(m, ":")
+				if !ok {
+					continue // a probe
+				}
+				if i, _ := strconv.Atoi(num); i != next[who] {
+					t.Fatalf("%s: from hub %s got message %d, want %d (out of order, lost or twice)", s.name, who, i, next[who])
+				}
+				next[who]++
+			}
+			if next["a"] != n || next["b"] != n {
+				return fmt.Errorf("got %d from hub a and %d from hub b of %d each", next["a"], next["b"], n)
+			}
+			return nil
+		})
+	}
+	for k, by := range group.dups() {
+		if strings.Contains(k, ":") {
+			t.Errorf("%s delivered to %d members of the group: %v", k, len(by), by)
+		}
+	}
+	t.Logf("queue group deliveries per member: %v", group.byWho())
 }
 
 // worker is a durable subscriber that records what it processed.

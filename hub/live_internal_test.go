@@ -1,0 +1,74 @@
+package hub
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/caps-hub/caps/protocol"
+)
+
+// On an embedded engine that nothing else can reach, a live message goes
+// to the engine only for a queue group (the engine picks its member); a
+// plain subscriber gets it from the hub alone. Counted on the engine
+// connection that carries live publishes.
+func TestLivePublishSkipsAnEngineNobodyElseReaches(t *testing.T) {
+	h := New(Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "skip-test",
+		Logger: slog.New(slog.DiscardHandler)})
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	if h.eng.Shared() {
+		t.Fatal("an embedded engine without cluster says it is shared")
+	}
+	sub, pub := dialFrames(t, h, "sub"), dialFrames(t, h, "pub")
+	sub.send(&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("skip.*")})
+	if f := sub.next(10 * time.Second); f.Op != protocol.OpOK {
+		t.Fatalf("SUB: %s", f)
+	}
+	// publish sends n messages to topic and waits for the subscriber to
+	// have them all; it returns how many went to the engine meanwhile.
+	publish := func(topic string, n int) uint64 {
+		t.Helper()
+		before := h.eng.Live.Stats().OutMsgs
+		for i := range n {
+			pub.send(&protocol.Frame{Op: protocol.OpPub, ID: uint64(i + 1), Topic: []byte(topic), Payload: []byte("x")})
+			if f := pub.next(10 * time.Second); f.Op != protocol.OpOK {
+				t.Fatalf("PUB: %s", f)
+			}
+		}
+		for range n {
+			if f := sub.next(10 * time.Second); f.Op != protocol.OpMsg || string(f.Topic) != topic {
+				t.Fatalf("want MSG on %s, got %s", topic, f)
+			}
+		}
+		return h.eng.Live.Stats().OutMsgs - before
+	}
+	if got := publish("skip.plain", 50); got != 0 {
+		t.Errorf("%d of 50 live messages with only local subscribers went to the engine, want none", got)
+	}
+	worker := dialFrames(t, h, "worker")
+	worker.send(&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("skip.grouped"), Group: []byte("g")})
+	if f := worker.next(10 * time.Second); f.Op != protocol.OpOK {
+		t.Fatalf("SUB: %s", f)
+	}
+	if got := publish("skip.grouped", 50); got != 50 {
+		t.Errorf("%d of 50 live messages for a queue group went to the engine, want all", got)
+	}
+	for range 50 {
+		if f := worker.next(10 * time.Second); f.Op != protocol.OpMsg {
+			t.Fatalf("queue group member: want MSG, got %s", f)
+		}
+	}
+	if got := publish("skip.plain", 50); got != 0 {
+		t.Errorf("with a queue group on another topic, %d of 50 live messages went to the engine, want none", got)
+	}
+}
