@@ -14,6 +14,10 @@ import (
 // publisher has to wait for the writer (backpressure).
 const maxBuffered = 4 << 20
 
+// bufferReleaseAfter is how many writes in a row must use less than a
+// quarter of a big write buffer before the writer lets it go.
+const bufferReleaseAfter = 16
+
 // call is one request waiting for its answer.
 type call struct {
 	done    chan struct{} // closed on completion when fn is nil
@@ -266,6 +270,7 @@ func (t *transport) writeLoop() {
 	defer t.wg.Done()
 	defer close(t.wdone)
 	var out []byte
+	underused := 0 // writes in a row that used less than a quarter of a big buffer
 	for {
 		stopping := false
 		select {
@@ -288,9 +293,15 @@ func (t *transport) writeLoop() {
 			t.lastSend.Store(time.Now().UnixNano())
 		}
 		if cap(out) > 64<<10 && len(out) < cap(out)/4 {
-			// A burst is over: let its big buffer go. While publishers keep
-			// it full it is kept, instead of growing a new one every write.
-			out = nil
+			// Bursts are over: let a big buffer go. A publisher that fills
+			// it in bursts keeps it: growing a new one after every quiet
+			// moment cost a tenth of its CPU (growslice, and the runtime
+			// giving the old ones back to the OS).
+			if underused++; underused >= bufferReleaseAfter {
+				out, underused = nil, 0
+			}
+		} else {
+			underused = 0
 		}
 		if stopping {
 			return
