@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,4 +72,73 @@ func TestLivePublishSkipsAnEngineNobodyElseReaches(t *testing.T) {
 	if got := publish("skip.plain", 50); got != 0 {
 		t.Errorf("with a queue group on another topic, %d of 50 live messages went to the engine, want none", got)
 	}
+}
+
+// A publisher's cached lookup of the local subscriptions (localMatches)
+// follows subscriptions made and ended while it keeps publishing to the
+// same topic.
+func TestLocalMatchesFollowSubscriptions(t *testing.T) {
+	h := New(Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "cache-test",
+		Logger: slog.New(slog.DiscardHandler)})
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	pub, a, b := dialFrames(t, h, "pub"), dialFrames(t, h, "a"), dialFrames(t, h, "b")
+	id := uint64(0)
+	publish := func(payload string) {
+		t.Helper()
+		id++
+		pub.send(&protocol.Frame{Op: protocol.OpPub, ID: id, Topic: []byte("cache.t"), Payload: []byte(payload)})
+		if f := pub.next(10 * time.Second); f.Op != protocol.OpOK || f.ID != id {
+			t.Fatalf("PUB: %s", f)
+		}
+	}
+	subscribe := func(c *frameConn, pattern string) uint64 {
+		t.Helper()
+		c.send(&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte(pattern)})
+		f := c.next(10 * time.Second)
+		if f.Op != protocol.OpOK {
+			t.Fatalf("SUB %s: %s", pattern, f)
+		}
+		return f.Seq
+	}
+	// expect reads what c got up to the PONG answering a PING sent now.
+	expect := func(c *frameConn, want ...string) {
+		t.Helper()
+		c.send(&protocol.Frame{Op: protocol.OpPing})
+		var got []string
+		for f := c.next(10 * time.Second); f.Op != protocol.OpPong; f = c.next(10 * time.Second) {
+			if f.Op == protocol.OpMsg {
+				got = append(got, string(f.Payload))
+			}
+		}
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	aSid := subscribe(a, "cache.t")
+	publish("1")
+	publish("2")
+	expect(a, "1", "2")
+	subscribe(b, "cache.*") // a new pattern after the publisher's lookup
+	publish("3")
+	expect(a, "3")
+	expect(b, "3")
+	bSid := subscribe(b, "cache.t") // joins a's subscription: no new lookup needed
+	publish("4")
+	expect(a, "4")
+	expect(b, "4", "4")
+	a.send(&protocol.Frame{Op: protocol.OpUnsub, ID: aSid})
+	b.send(&protocol.Frame{Op: protocol.OpUnsub, ID: bSid}) // cache.t has no member left
+	expect(b)
+	publish("5")
+	expect(a)
+	expect(b, "5")
 }

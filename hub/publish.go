@@ -68,10 +68,13 @@ func (h *Hub) runPubHooks(ctx context.Context, info SessionInfo, key, topic, pay
 // JetStream and return once the engine has acknowledged them (so an OK to a
 // client means it is on disk); live topics are handed to NATS.
 func (h *Hub) publish(ctx context.Context, topic, key, payload []byte) (uint64, error) {
-	return h.publishChecked(ctx, topic, key, payload, false)
+	return h.publishChecked(ctx, topic, key, payload, false, nil)
 }
 
-func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, requireStored bool) (uint64, error) {
+// publishChecked is publish for a message already checked (session_api.go).
+// requireStored refuses a live topic; lm is the publishing session's cache
+// of local subscriptions (nil: none).
+func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, requireStored bool, lm *localMatches) (uint64, error) {
 	if !h.EngineReady() {
 		return 0, Reject(protocol.CodeUnavailable, "the engine is unavailable; nothing was stored, retry later")
 	}
@@ -94,7 +97,7 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 	if requireStored {
 		return 0, Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q is not stored", topic))
 	}
-	if err := h.publishLive(topic, key, payload); err != nil {
+	if err := h.publishLive(topic, key, payload, lm); err != nil {
 		return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("publish %s: %v", topic, err))
 	}
 	h.metrics.observePublish(false, 0)
@@ -132,7 +135,7 @@ func engineMsg(topic, key, payload []byte) *nats.Msg {
 // the stack and lent to nats.go as a string, which it copies into its
 // outbound buffer before returning. A message id needs a header, and so a
 // nats.Msg.
-func (h *Hub) publishLive(topic, key, payload []byte) error {
+func (h *Hub) publishLive(topic, key, payload []byte, lm *localMatches) error {
 	if h.router.needsEngine(topic) {
 		var err error
 		if len(key) > 0 {
@@ -146,7 +149,7 @@ func (h *Hub) publishLive(topic, key, payload []byte) error {
 			return err
 		}
 	}
-	h.router.deliverLocal(topic, key, payload)
+	h.router.deliverLocal(topic, key, payload, lm)
 	return nil
 }
 

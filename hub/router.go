@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -48,6 +49,9 @@ type router struct {
 	// without it.
 	plain, grouped *gsl.GenericSublist[*topicSub]
 	ngrouped       atomic.Int64 // queue groups in grouped
+	// plainGen counts the changes of plain: a publisher's localMatches
+	// taken at another count are stale.
+	plainGen atomic.Uint64
 }
 
 type subKey struct{ pattern, group string }
@@ -177,6 +181,8 @@ func (r *router) subscribe(ts *topicSub) error {
 	}
 	if ts.group != "" {
 		r.ngrouped.Add(1)
+	} else {
+		r.plainGen.Add(1)
 	}
 	return nil
 }
@@ -184,8 +190,12 @@ func (r *router) subscribe(ts *topicSub) error {
 // unsubscribe ends ts's engine subscription and takes it out of its index.
 // Called with mu held.
 func (r *router) unsubscribe(ts *topicSub) {
-	if r.index(ts).Remove(ts.pattern, ts) == nil && ts.group != "" {
-		r.ngrouped.Add(-1)
+	if r.index(ts).Remove(ts.pattern, ts) == nil {
+		if ts.group != "" {
+			r.ngrouped.Add(-1)
+		} else {
+			r.plainGen.Add(1)
+		}
 	}
 	if ts.nsub != nil {
 		_ = ts.nsub.Unsubscribe()
@@ -240,25 +250,52 @@ func (r *router) stopAll() {
 	}
 }
 
+// localMatches remembers, for one publisher (a session's read loop), the
+// plain subscriptions matching the topic it published to last: publishers
+// mostly publish to the same topic again, and the index lookup was a tenth
+// of a one-to-one message's CPU. Only its owner uses it.
+type localMatches struct {
+	gen   uint64 // router.plainGen when subs was found
+	topic []byte
+	subs  []*topicSub
+}
+
 // maxLocalMatches bounds the matching subscriptions deliverLocal collects on
-// its stack; more (a hub with many overlapping patterns) spill to the heap.
+// its stack when it has no localMatches to keep them in.
 const maxLocalMatches = 8
 
 // deliverLocal hands a message published on this hub to the local plain
 // subscriptions that match topic, as the engine would have. It runs on the
 // publisher's read loop, so one publisher's messages reach each
-// subscription in the order it sent them.
-func (r *router) deliverLocal(topic, key, payload []byte) {
-	var buf [maxLocalMatches]*topicSub
-	matched := buf[:0]
-	// The topic's bytes viewed as a string for the index, which neither
-	// keeps nor changes it.
-	r.plain.Match(unsafe.String(unsafe.SliceData(topic), len(topic)), func(ts *topicSub) {
-		matched = append(matched, ts)
-	})
+// subscription in the order it sent them. lm, when not nil, is the
+// publisher's cache of the lookup.
+func (r *router) deliverLocal(topic, key, payload []byte, lm *localMatches) {
+	var matched []*topicSub
+	if lm == nil {
+		var buf [maxLocalMatches]*topicSub
+		matched = r.match(topic, buf[:0])
+	} else {
+		if gen := r.plainGen.Load(); lm.gen != gen || !bytes.Equal(lm.topic, topic) {
+			// gen is taken before the lookup: a change during it makes the
+			// next publish look again.
+			lm.gen, lm.topic = gen, append(lm.topic[:0], topic...)
+			lm.subs = r.match(topic, lm.subs[:0])
+		}
+		matched = lm.subs
+	}
 	for _, ts := range matched {
 		ts.fanout(r.h, topic, key, payload)
 	}
+}
+
+// match appends the plain subscriptions matching topic to into.
+func (r *router) match(topic []byte, into []*topicSub) []*topicSub {
+	// The topic's bytes viewed as a string for the index, which neither
+	// keeps nor changes it.
+	r.plain.Match(unsafe.String(unsafe.SliceData(topic), len(topic)), func(ts *topicSub) {
+		into = append(into, ts)
+	})
+	return into
 }
 
 // handler delivers one engine message to the local members of ts.

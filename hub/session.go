@@ -77,6 +77,10 @@ type Session struct {
 	// hist holds live deliveries back while a subscription's history is sent.
 	hist historyHold
 
+	// pubMatches caches the local subscriptions of the topic this session
+	// last published to (router.deliverLocal); read loop only.
+	pubMatches *localMatches
+
 	lastRecv atomic.Int64 // unix nanos
 	lastSent atomic.Int64
 	limiter  *rate.Limiter

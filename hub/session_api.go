@@ -243,10 +243,13 @@ func (s *Session) publishNow(ctx context.Context, p pubRequest) (uint64, error) 
 	}
 	// publishFrom bounds the wait for the engine itself, on stored topics
 	// only: a timer per live publish was a quarter of the hub's allocations.
+	if s.pubMatches == nil {
+		s.pubMatches = &localMatches{} // sessions that never publish do without
+	}
 	// An app that stores the topic itself (StoreHook) sees the client's
 	// message id; the engine gets it scoped to the client's identity
 	// (msgid.go), so no client can pre-empt another's.
-	seq, logged, err := h.publishFrom(ctx, s.info, s.keyScope, p.Topic, p.Key, p.Payload, p.Stored)
+	seq, logged, err := h.publishFrom(ctx, s.info, s.keyScope, p.Topic, p.Key, p.Payload, p.Stored, s.pubMatches)
 	if err != nil {
 		return 0, withCode(err, protocol.CodeUnavailable)
 	}

@@ -43,8 +43,9 @@ var ErrDropDelivery = errors.New("message dropped by the app")
 // with the client's message id under scope (msgid.go). It returns the
 // stored sequence (0 for a live topic) and the payload to show in the EVENT
 // line. A store hook sees the client's message id (PublishKey) and chooses
-// the ids it stores itself.
-func (h *Hub) publishFrom(ctx context.Context, info SessionInfo, scope string, topic, key, payload []byte, requireStored bool) (uint64, []byte, error) {
+// the ids it stores itself. lm is the publishing session's cache of local
+// subscriptions (publishChecked).
+func (h *Hub) publishFrom(ctx context.Context, info SessionInfo, scope string, topic, key, payload []byte, requireStored bool, lm *localMatches) (uint64, []byte, error) {
 	for _, sh := range h.storeHooks {
 		if !protocol.Match(sh.pattern, topic) {
 			continue
@@ -71,6 +72,6 @@ func (h *Hub) publishFrom(ctx context.Context, info SessionInfo, scope string, t
 		}
 		return st.Seq, st.Payload, nil
 	}
-	seq, err := h.publishChecked(ctx, topic, scopeKey(scope, key), payload, requireStored)
+	seq, err := h.publishChecked(ctx, topic, scopeKey(scope, key), payload, requireStored, lm)
 	return seq, payload, err
 }
