@@ -151,9 +151,15 @@ type Result struct {
 	P999us float64 `json:"p999_us,omitempty"`
 	MaxUs  float64 `json:"max_us,omitempty"`
 
-	Count   uint64  `json:"count"`             // messages, deliveries, lifecycles or connections measured
-	Lost    uint64  `json:"lost,omitempty"`    // published but never received within the drain
-	Seconds float64 `json:"seconds,omitempty"` // measured time
+	Count uint64 `json:"count"` // messages, deliveries, lifecycles or connections measured
+	// CPUPerOpUs is this process's CPU time (user + system) during the run
+	// divided by Count, for a target in this process (an embedded hub or
+	// nats-server, with its clients). Unlike a rate it hardly moves with
+	// what else the machine runs, so it compares CAPS and NATS on a busy
+	// machine too.
+	CPUPerOpUs float64 `json:"cpu_us_per_op,omitempty"`
+	Lost       uint64  `json:"lost,omitempty"`    // published but never received within the drain
+	Seconds    float64 `json:"seconds,omitempty"` // measured time
 
 	// conns
 	Conns           int     `json:"conns,omitempty"`
@@ -170,6 +176,10 @@ type Result struct {
 	NATSP50us float64 `json:"nats_p50_us,omitempty"`
 	NATSP99us float64 `json:"nats_p99_us,omitempty"`
 	P99Ratio  float64 `json:"p99_ratio,omitempty"` // P99us / NATSP99us
+	// NATSCPUPerOpUs is the NATS row's CPUPerOpUs; CPURatio is
+	// NATSCPUPerOpUs / CPUPerOpUs, read like Ratio (above 1: CAPS uses less).
+	NATSCPUPerOpUs float64 `json:"nats_cpu_us_per_op,omitempty"`
+	CPURatio       float64 `json:"cpu_ratio,omitempty"`
 
 	Err string `json:"error,omitempty"`
 }
@@ -242,7 +252,11 @@ func (e *env) runScenario(ctx context.Context, sc string) ([]Result, error) {
 				continue // scenario does not apply to this target
 			}
 			o.Logger.Info("bench run", "scenario", sc, "target", tg.name, "run", r+1)
+			cpu0, cpuOK := processCPU()
 			res, err := e.runOne(ctx, sc, tg)
+			if cpu1, ok := processCPU(); cpuOK && ok && tg.embedded && sc != "conns" && res.Count > 0 {
+				res.CPUPerOpUs = float64((cpu1-cpu0)/time.Nanosecond) / 1e3 / float64(res.Count)
+			}
 			res.Scenario, res.Target = sc, tg.name
 			if err != nil {
 				if ctx.Err() != nil {
@@ -313,6 +327,9 @@ func median(rs []Result) Result {
 			m.P999us = medianOf(ok, func(r Result) float64 { return r.P999us })
 			m.MaxUs = medianOf(ok, func(r Result) float64 { return r.MaxUs })
 		}
+		if m.CPUPerOpUs > 0 {
+			m.CPUPerOpUs = medianOf(ok, func(r Result) float64 { return r.CPUPerOpUs })
+		}
 	}
 	return m
 }
@@ -350,6 +367,10 @@ func compare(rows []Result) {
 		if nats.P99us > 0 {
 			r.NATSP50us, r.NATSP99us = nats.P50us, nats.P99us
 			r.P99Ratio = r.P99us / nats.P99us
+		}
+		if nats.CPUPerOpUs > 0 && r.CPUPerOpUs > 0 {
+			r.NATSCPUPerOpUs = nats.CPUPerOpUs
+			r.CPURatio = nats.CPUPerOpUs / r.CPUPerOpUs
 		}
 	}
 }

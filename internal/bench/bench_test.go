@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,6 +76,9 @@ func TestAllScenarios(t *testing.T) {
 		seen[r.Scenario+" "+strings.Fields(r.Target)[0]] = true
 		if strings.HasPrefix(r.Target, "caps") && r.Scenario != "conns" && (r.NATSRate <= 0 || r.Ratio <= 0) {
 			t.Errorf("%s: no comparison with NATS: %+v", r.Scenario, r)
+		}
+		if strings.HasPrefix(r.Target, "caps") && r.Scenario != "conns" && runtime.GOOS == "linux" && (r.CPUPerOpUs <= 0 || r.CPURatio <= 0) {
+			t.Errorf("%s: no CPU per operation compared with NATS's: %+v", r.Scenario, r)
 		}
 		if (r.Scenario == "latency" || r.Scenario == "orders") && (r.P50us <= 0 || r.P99us < r.P50us || r.MaxUs < r.P99us) {
 			t.Errorf("%s on %s: bad percentiles %+v", r.Scenario, r.Target, r)

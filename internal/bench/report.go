@@ -63,6 +63,10 @@ func WriteTable(w io.Writer, rows []Result) error {
 		if r.P99Ratio > 0 {
 			fmt.Fprintf(w, "  %s: p99 CAPS/NATS %.2f× (%.0f µs vs %.0f µs)\n", r.Scenario, r.P99Ratio, r.P99us, r.NATSP99us)
 		}
+		if r.CPURatio > 0 {
+			fmt.Fprintf(w, "  %s: CPU per %s (whole process) CAPS %.2f µs, NATS %.2f µs: NATS/CAPS %.2f×\n",
+				r.Scenario, perUnit(r.Unit), r.CPUPerOpUs, r.NATSCPUPerOpUs, r.CPURatio)
+		}
 		if r.Lost > 0 {
 			fmt.Fprintf(w, "  %s on %s: %d lost\n", r.Scenario, r.Target, r.Lost)
 		}
@@ -78,6 +82,19 @@ func WriteTable(w io.Writer, rows []Result) error {
 		}
 	}
 	return nil
+}
+
+// perUnit names one of what unit counts per second ("msgs/s": "message").
+func perUnit(unit string) string {
+	switch unit {
+	case "msgs/s":
+		return "message"
+	case "deliveries/s":
+		return "delivery"
+	case "lifecycles/s":
+		return "lifecycle"
+	}
+	return strings.TrimSuffix(unit, "/s")
 }
 
 func opt(v float64, prec int) string {
