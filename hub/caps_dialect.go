@@ -61,20 +61,25 @@ func sendErr(s *Session, id uint64, err error) {
 	s.send(protocol.ErrorFrame(id, code, text, false).Encode())
 }
 
-// serveCAPS runs a connection speaking CAPS frames.
-func (h *Hub) serveCAPS(s *Session, br *bufio.Reader) {
+// serveCAPS readies a connection speaking CAPS frames: the handshake,
+// then its read loop (nil if the handshake failed; the connection is closed).
+func (h *Hub) serveCAPS(s *Session, br *bufio.Reader) func() error {
 	// A small first buffer: most connections are idle most of the time, and
-	// the reader grows it for big frames and busy streams.
+	// the reader grows it for big frames and busy streams. It reads the
+	// connection itself, after what br read ahead to tell the dialect: br
+	// and its 512 bytes go now, not with the connection.
 	// The handshake is read under a small frame limit: a HELLO is a few
 	// hundred bytes, and nobody unauthenticated may make the hub hold more.
-	rd := protocol.NewReaderSize(br, min(h.cfg.MaxFrame, protocol.MaxHelloFrame), 512)
+	rd := protocol.NewReaderSize(s.conn, min(h.cfg.MaxFrame, protocol.MaxHelloFrame), 512)
+	ahead, _ := br.Peek(br.Buffered())
+	rd.Prefill(ahead)
 	if !s.handshake(rd) {
 		s.conn.Close()
-		return
+		return nil
 	}
 	rd.SetMaxFrame(h.cfg.MaxFrame)
 	s.conn.SetReadDeadline(time.Time{})
-	h.runSession(s, func() error { return s.readFrames(rd) })
+	return func() error { return s.readFrames(rd) }
 }
 
 // handshake reads and checks the HELLO, then answers WELCOME or a fatal ERR.
@@ -161,18 +166,7 @@ func (s *Session) readFrames(rd *protocol.Reader) error {
 		if err != nil {
 			h.metrics.framesIn.Add(float64(frames))
 			h.metrics.bytesIn.Add(float64(nbytes))
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return err
-			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				return err
-			}
-			var oe *net.OpError
-			if errors.As(err, &oe) {
-				return err
-			}
-			s.fail(frameErrCode(err), err.Error())
-			return err
+			return s.readError(err)
 		}
 		frames++
 		nbytes += protocol.HeaderLen + 7 + len(f.Topic) + len(f.Key) + len(f.Group) + len(f.Payload)
@@ -186,6 +180,26 @@ func (s *Session) readFrames(rd *protocol.Reader) error {
 			return err
 		}
 	}
+}
+
+// readError ends the read loop on err: a connection that ended is just
+// that; bad frames are told to the client (a fatal ERR). Apart from
+// readFrames, whose frame an idle connection keeps on its stack.
+//
+//go:noinline
+func (s *Session) readError(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return err
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return err
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return err
+	}
+	s.fail(frameErrCode(err), err.Error())
+	return err
 }
 
 func frameErrCode(err error) string {

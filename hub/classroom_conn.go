@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -55,11 +56,12 @@ type classroomPub struct {
 	settles string
 }
 
-// serveClassroom runs a classroom connection: from its first byte, '{',
-// or, silent is true, after it has said nothing for the handshake deadline
-// (it then holds a place among the silent ones, Hub.silent, which it gives
-// back when it speaks or ends).
-func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
+// serveClassroom readies a classroom connection — from its first byte,
+// '{', or, silent is true, after it has said nothing for the handshake
+// deadline (it then holds a place among the silent ones, Hub.silent, which
+// it gives back when it speaks or ends) — and returns its read loop (nil if
+// it was refused, and closed).
+func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) func() error {
 	conn := s.conn
 	if !h.cfg.classroomAllowed() {
 		if silent {
@@ -68,7 +70,7 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 		s.countError(protocol.CodeClassroomDisabled)
 		s.writeNow(errorObject(protocol.CodeClassroomDisabled, h.classroomRefusal(), true))
 		closeGently(conn)
-		return
+		return nil
 	}
 	if tc := tcpOf(conn); tc != nil {
 		// One object per write, sent at once: a classroom client parses each
@@ -89,9 +91,9 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 	}
 	c.idle, c.hasIdle = h.classroomIdle()
 	if silent {
-		// The place pickDialect took for it, given back when it speaks or ends.
+		// The place pickDialect took for it, given back when it speaks or
+		// ends (spoke, at the latest when the read loop returns).
 		c.silentEnd = time.Unix(0, s.lastRecv.Load()).Add(h.cfg.ClassroomSilentTimeout)
-		defer c.spoke()
 	}
 	s.dialect, s.native, s.writer, s.heartbeats = c, false, c, false
 	s.info.Dialect = "classroom"
@@ -107,11 +109,17 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 		s.countError(code)
 		s.writeNow(errorObject(code, text, true))
 		closeGently(conn)
-		return
+		if silent {
+			c.spoke()
+		}
+		return nil
 	}
 	c.self = []byte(s.info.ID + ".")
 
-	h.runSession(s, func() error {
+	return func() error {
+		if silent {
+			defer c.spoke()
+		}
 		if _, err := s.subscribe(s.ctx, subRequest{Pattern: ClassroomTopicPrefix + ">"}, nil); err != nil {
 			s.fail(codeOf(err), err.Error())
 			return err
@@ -121,19 +129,13 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 		}
 		if silent && h.textAllowed() {
 			if err := c.awaitFirstBytes(br); err != nil {
+				if c.toText {
+					return c.switchToText(br, err)
+				}
 				return err
 			}
 		}
 		return c.readLoop(br)
-	})
-	if c.toText && !h.stopping.Load() {
-		// The same connection, a new session: the classroom one has ended
-		// as if it disconnected (what it held went to someone else).
-		ts := h.newSession(conn, s.info.Transport)
-		_ = conn.SetReadDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
-		h.serveText(ts, br, textDetected)
-	} else if c.toText {
-		_ = conn.Close()
 	}
 }
 
@@ -141,11 +143,27 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) {
 // are text.
 var errToText = errors.New("the connection speaks text, not classroom JSON")
 
+// switchToText ends the classroom session (as if it disconnected: what it
+// held goes to someone else) and hands its connection to a new, text
+// session (serveConnAs runs it next).
+func (c *classroomConn) switchToText(br *bufio.Reader, reason error) error {
+	h, conn, transport := c.h, c.s.conn, c.s.info.Transport
+	return &dialectSwitch{reason: reason, next: func() (*Session, func() error) {
+		if h.stopping.Load() {
+			_ = conn.Close()
+			return nil, nil
+		}
+		ts := h.newSession(conn, transport)
+		_ = conn.SetReadDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
+		return h.startSession(ts, h.serveText(ts, br, textDetected))
+	}}
+}
+
 // awaitFirstBytes waits, with the dialect's timers running, for the first
 // bytes of a connection taken for a classroom client because it was silent.
 // A person who connected and waited before typing was silent too: if those
 // bytes are text, the session ends (anything it was handed goes back at
-// once) and the connection goes on as a text one (serveClassroom).
+// once) and the connection goes on as a text one (switchToText).
 func (c *classroomConn) awaitFirstBytes(br *bufio.Reader) error {
 	for {
 		_, err := br.Peek(1)
@@ -167,9 +185,9 @@ func (c *classroomConn) awaitFirstBytes(br *bufio.Reader) error {
 }
 
 // readLoop decodes objects until the connection ends.
-func (c *classroomConn) readLoop(br *bufio.Reader) error {
+func (c *classroomConn) readLoop(r io.Reader) error {
 	s := c.s
-	dec := classroom.NewDecoder(br, c.h.cfg.MaxFrame)
+	dec := classroom.NewDecoder(r, c.h.cfg.MaxFrame)
 	bad := 0
 	malformed := func(code, text string, err error) error {
 		if bad++; bad >= classroomMaxErrors {

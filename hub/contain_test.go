@@ -35,12 +35,12 @@ func TestSessionPanicIsContained(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.runSession(s, func() error {
+		h.endSession(s, h.runSession(s, func() error {
 			if _, err := s.subscribe(s.ctx, subRequest{Pattern: "a.b"}, nil); err != nil {
 				return err
 			}
 			panic("a bug in a dialect")
-		})
+		}))
 	}()
 	clientSide.SetReadDeadline(time.Now().Add(10 * time.Second))
 	f, err := protocol.NewReader(clientSide, 0).Next()

@@ -26,9 +26,10 @@ import (
 // files to that). WebSocket is not a dialect but a transport: its
 // connections are net.Conns that speak CAPS frames.
 //
-// Adding a dialect: a serve function and a type implementing dialect (and
-// batchWriter if it writes differently), and a case in pickDialect saying
-// how its connections are recognised.
+// Adding a dialect: a serve function (it establishes the session and
+// returns its read loop, which serveConn runs), a type implementing dialect
+// (and batchWriter if it writes differently), and a case in pickDialect
+// saying how its connections are recognised.
 type dialect interface {
 	// deliver queues m, a MSG for one of the session's subscriptions (m.ID
 	// is the sid; m.Flags says whether it awaits an ACK, is a redelivery or
@@ -81,23 +82,24 @@ type batchWriter interface {
 //     typing), it becomes a text connection (classroom_conn.go).
 //
 // pickDialect peeks at the connection (its read deadline is the handshake
-// deadline) and serves it in its dialect; a connection that ends or times
-// out before saying anything is answered and closed here.
-func (h *Hub) pickDialect(s *Session, br *bufio.Reader) {
+// deadline) and readies it in its dialect: it returns the dialect's read
+// loop, or nil when the connection ended, timed out before saying anything
+// or was refused (it is answered and closed then).
+func (h *Hub) pickDialect(s *Session, br *bufio.Reader) func() error {
 	stream := s.info.Transport != transportWebSocket // WebSocket speaks CAPS frames only
 	_, err := br.Peek(1)
 	switch {
 	case err == nil && stream:
 		switch h.sniff(br) {
 		case dialectClassroom:
-			h.serveClassroom(s, br, false)
+			return h.serveClassroom(s, br, false)
 		case dialectText:
-			h.serveText(s, br, textDetected)
+			return h.serveText(s, br, textDetected)
 		default:
-			h.serveCAPS(s, br)
+			return h.serveCAPS(s, br)
 		}
 	case err == nil:
-		h.serveCAPS(s, br)
+		return h.serveCAPS(s, br)
 	case isTimeout(err) && stream && h.classroomPresumesSilent():
 		// Silent sockets are kept only so many at once: past that, one
 		// more is not presumed anything, and clients that speak keep
@@ -109,9 +111,9 @@ func (h *Hub) pickDialect(s *Session, br *bufio.Reader) {
 			s.writeNow(errorObject(protocol.CodeTooManyConns, fmt.Sprintf("the hub holds %d connections that have sent nothing, the most it keeps (--classroom-max-silent); send something within %s",
 				h.cfg.ClassroomMaxSilent, h.cfg.HandshakeTimeout), true))
 			closeGently(s.conn)
-			return
+			return nil
 		}
-		h.serveClassroom(s, br, true)
+		return h.serveClassroom(s, br, true)
 	case isTimeout(err):
 		s.countError(protocol.CodeHandshakeTime)
 		s.writeNow(protocol.ErrorFrame(0, protocol.CodeHandshakeTime, h.handshakeTimeoutText(), true).Encode())
@@ -119,6 +121,7 @@ func (h *Hub) pickDialect(s *Session, br *bufio.Reader) {
 	default:
 		s.conn.Close()
 	}
+	return nil
 }
 
 // The dialects a connection's first bytes can show.

@@ -342,10 +342,10 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	h.log.Info("hub listening", "addr", ln.Addr().String(), "http", h.HTTPAddr(), "text", h.TextAddr(), "tls", h.cfg.TLS != nil,
 		"engine", map[bool]string{true: "embedded", false: "external"}[eng.Embedded()], "data", h.cfg.DataDir)
 	h.run.acceptDone = make(chan struct{})
-	go func() { defer close(h.run.acceptDone); h.acceptLoop(ln, transport, h.serveConn) }()
+	go func() { defer close(h.run.acceptDone); h.acceptLoop(ln, transport, h.pickDialect) }()
 	if tl := h.run.textLn; tl != nil {
 		h.run.textAcceptDone = make(chan struct{})
-		go func() { defer close(h.run.textAcceptDone); h.acceptLoop(tl, transport, h.serveTextConn) }()
+		go func() { defer close(h.run.textAcceptDone); h.acceptLoop(tl, transport, h.openText) }()
 	}
 	close(h.ready)
 	return nil
@@ -402,7 +402,11 @@ func (h *Hub) shutdown(ctx context.Context) error {
 	return drained
 }
 
-func (h *Hub) acceptLoop(ln net.Listener, transport string, serve func(net.Conn, string)) {
+// acceptLoop accepts connections and runs each on its own goroutine,
+// readied by open. The goroutine is serveConnAs itself: every frame between
+// its start and the session's read loop stays on the stack of an idle
+// connection for its whole life (see serveConnAs).
+func (h *Hub) acceptLoop(ln net.Listener, transport string, open func(*Session, *bufio.Reader) func() error) {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -418,10 +422,7 @@ func (h *Hub) acceptLoop(ln net.Listener, transport string, serve func(net.Conn,
 		}
 		delay = 0
 		h.conns.Add(1)
-		go func() {
-			defer h.conns.Done()
-			serve(c, transport)
-		}()
+		go h.serveConnAs(c, transport, open, &h.conns)
 	}
 }
 

@@ -105,12 +105,8 @@ type Session struct {
 	// connDone is closed once the write loop has flushed and closed the connection.
 	connDone chan struct{}
 
-	// Write loop only: the writev vector and, for TLS and WebSocket, the
-	// buffer a batch is copied into, kept from one batch to the next.
-	iov, iovBuf net.Buffers
-	wbuf        []byte
-
 	// Subscriptions, guarded by subMu; changed by the read loop and cleanup.
+	// The maps are made with the first subscription.
 	subMu sync.Mutex
 	live  map[uint64]*topicSub
 	dur   map[uint64]*durableMember
@@ -120,52 +116,143 @@ type Session struct {
 // serveConn runs one connection of the client port (or WebSocket) from
 // first byte to close. transport names how it arrived ("tcp", "tls",
 // "websocket").
-func (h *Hub) serveConn(c net.Conn, transport string) { h.serveConnAs(c, transport, h.pickDialect) }
-
-// serveTextConn runs one connection of the text-only port.
-func (h *Hub) serveTextConn(c net.Conn, transport string) {
-	h.serveConnAs(c, transport, func(s *Session, br *bufio.Reader) { h.serveText(s, br, textPort) })
+func (h *Hub) serveConn(c net.Conn, transport string) {
+	h.serveConnAs(c, transport, h.pickDialect, nil)
 }
 
-// serveConnAs admits a connection and hands it to serve, which picks and
-// runs its dialect.
-func (h *Hub) serveConnAs(c net.Conn, transport string, serve func(*Session, *bufio.Reader)) {
-	defer func() {
-		// A panic before the session runs (the handshake, the dialect's
-		// start): only this connection ends (contain.go).
-		if h.contained(inSession, recover()) != nil {
-			c.Close()
-		}
-	}()
+// openText readies a connection of the text-only port.
+func (h *Hub) openText(s *Session, br *bufio.Reader) func() error {
+	return h.serveText(s, br, textPort)
+}
+
+// serveConnAs admits a connection and runs it: open readies it in its
+// dialect (the handshake) and returns the dialect's read loop. conns, when
+// not nil, is told when the connection is over (Hub.conns).
+//
+// The read loop runs here, right below the goroutine's first frame
+// (acceptLoop starts the goroutine with this function): openSession does
+// everything before it (TLS, the dialect, its handshake) and returns. An
+// idle connection spends its life blocked in that loop's read, and the
+// garbage collector halves an 8 KiB stack only when less than about 1.2 KiB
+// of it is in use (a quarter, less the 800 bytes it keeps for functions
+// that do not grow the stack): each frame kept between here and the read
+// costs 4 KiB per idle connection (docs/PERFORMANCE.md). That is why the
+// frames here take their admissions back without defer (deferred calls
+// keep their arguments in the frame). A read loop that ends handing the
+// connection to another dialect (dialectSwitch) is followed by the new
+// dialect's.
+func (h *Hub) serveConnAs(c net.Conn, transport string, open func(*Session, *bufio.Reader) func() error, conns *sync.WaitGroup) {
+	if addr, ok := h.admit(c, transport); ok {
+		h.runConn(c, transport, open)
+		h.release(addr, transport)
+	}
+	if conns != nil {
+		conns.Done()
+	}
+}
+
+// admit takes the connection's places in the hub's limits (all
+// connections, and per address), or refuses it. addr is its address, for
+// release.
+func (h *Hub) admit(c net.Conn, transport string) (addr string, ok bool) {
 	if n := h.nconns.Add(1); n > int64(h.cfg.MaxConns) {
 		h.nconns.Add(-1)
 		h.refuseConn(c, limitTotal, fmt.Sprintf("hub is at its limit of %d connections", h.cfg.MaxConns))
-		return
+		return "", false
 	}
-	defer h.nconns.Add(-1)
 	// One address may hold only so many of them, so that one client cannot
 	// take every place. A WebSocket session is held to the HTTP port's own
 	// limit per address instead (httpguard.go).
 	if transport != transportWebSocket {
-		addr := remoteHost(c.RemoteAddr())
+		addr = remoteHost(c.RemoteAddr())
 		if !h.connsByAddr.take(addr, h.cfg.MaxConnsPerAddr) {
+			h.nconns.Add(-1)
 			h.refuseConn(c, limitPerAddress, fmt.Sprintf("%s holds %d connections, the most one address may (--max-conns-per-addr)", addr, h.cfg.MaxConnsPerAddr))
-			return
+			return "", false
 		}
-		defer h.connsByAddr.give(addr, 1)
 	}
+	return addr, true
+}
+
+// release gives back what admit took.
+func (h *Hub) release(addr, transport string) {
+	if transport != transportWebSocket {
+		h.connsByAddr.give(addr, 1)
+	}
+	h.nconns.Add(-1)
+}
+
+// runConn runs an admitted connection's sessions (serveConnAs). A panic in
+// a read loop is contained to its session (contain.go), which is closed
+// with a fatal internal error.
+func (h *Hub) runConn(c net.Conn, transport string, open func(*Session, *bufio.Reader) func() error) {
+	s, read := h.openContained(c, transport, open)
+	for read != nil {
+		err := h.runSession(s, read)
+		h.endSession(s, err)
+		s, read = h.nextDialect(c, err)
+	}
+}
+
+// runSession runs a started session's read loop and returns why it ended.
+// A panic in it is contained to the session (contain.go): the session is
+// closed with a fatal internal error.
+func (h *Hub) runSession(s *Session, read func() error) (err error) {
+	defer func() {
+		if e := h.contained(inSession, recover()); e != nil {
+			err = e
+			pe := e.(*protocol.Error)
+			s.fail(pe.Code, pe.Text) // say so, then close
+		}
+	}()
+	return read()
+}
+
+// openContained is openSession with a panic before the session runs (the
+// handshake, the dialect's start) costing only this connection (contain.go).
+func (h *Hub) openContained(c net.Conn, transport string, open func(*Session, *bufio.Reader) func() error) (s *Session, read func() error) {
+	defer func() {
+		if h.contained(inSession, recover()) != nil {
+			c.Close()
+			s, read = nil, nil
+		}
+	}()
+	return h.openSession(c, transport, open)
+}
+
+// nextDialect readies the session that follows one whose read loop ended
+// with err: none, unless the connection goes on in another dialect. A
+// panic readying it costs only this connection, as in openContained.
+func (h *Hub) nextDialect(c net.Conn, err error) (s *Session, read func() error) {
+	var sw *dialectSwitch
+	if !errors.As(err, &sw) {
+		return nil, nil
+	}
+	defer func() {
+		if h.contained(inSession, recover()) != nil {
+			c.Close()
+			s, read = nil, nil
+		}
+	}()
+	return sw.next()
+}
+
+// openSession takes a new connection up to its read loop: the TLS
+// handshake, the dialect (open) and its handshake, then the session's start
+// (beginSession). It returns the read loop to run, or nil when the
+// connection was refused or ended (and is closed).
+func (h *Hub) openSession(c net.Conn, transport string, open func(*Session, *bufio.Reader) func() error) (*Session, func() error) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c.SetDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
 		if err := tc.Handshake(); err != nil {
 			h.tlsHandshakeFailed(c, err)
-			return
+			return nil, nil
 		}
 		c.SetDeadline(time.Time{})
 	}
 	s := h.newSession(c, transport)
 	c.SetReadDeadline(time.Now().Add(h.cfg.HandshakeTimeout))
-	br := bufio.NewReaderSize(c, 512)
-	serve(s, br)
+	return h.startSession(s, open(s, bufio.NewReaderSize(c, 512)))
 }
 
 // Connection limits, as caps_connections_refused_total{limit} names them.
@@ -185,6 +272,27 @@ func (h *Hub) refuseConn(c net.Conn, limit, text string) {
 	c.Close()
 }
 
+// startSession starts an established session whose read loop is read (nil:
+// it was refused, and nothing starts).
+func (h *Hub) startSession(s *Session, read func() error) (*Session, func() error) {
+	if read == nil {
+		return nil, nil
+	}
+	h.beginSession(s)
+	return s, read
+}
+
+// dialectSwitch ends a session whose connection goes on in another dialect
+// (a silent connection taken for a classroom client that turns out to
+// type text): next readies the new session and returns its read loop.
+type dialectSwitch struct {
+	reason error
+	next   func() (*Session, func() error)
+}
+
+func (d *dialectSwitch) Error() string { return d.reason.Error() }
+func (d *dialectSwitch) Unwrap() error { return d.reason }
+
 func (h *Hub) newSession(c net.Conn, transport string) *Session {
 	s := &Session{
 		hub:      h,
@@ -192,8 +300,6 @@ func (h *Hub) newSession(c net.Conn, transport string) *Session {
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		connDone: make(chan struct{}),
-		live:     map[uint64]*topicSub{},
-		dur:      map[uint64]*durableMember{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.useCAPSFrames()
@@ -230,7 +336,10 @@ func (s *Session) establish(id Identity, resume string) error {
 	if h.cfg.PubRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(h.cfg.PubRate), h.cfg.PubBurst)
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, HookTimeout)
+	// Not derived from s.ctx: a child would leave s.ctx holding a map and a
+	// channel for the rest of the session (a quarter of an idle session's
+	// heap). Nothing can close a session before it is established.
+	ctx, cancel := context.WithTimeout(context.Background(), HookTimeout)
 	defer cancel()
 	if err := h.names.claim(ctx, s); err != nil {
 		return err
@@ -275,19 +384,17 @@ func (h *Hub) register(s *Session) {
 	h.mu.Unlock()
 }
 
-// runSession runs an established session's read loop (read) and cleans up
-// after it.
-func (h *Hub) runSession(s *Session, read func() error) {
+// beginSession makes an established session known and announces it; its
+// read loop runs next, then endSession.
+func (h *Hub) beginSession(s *Session) {
 	h.register(s)
 	h.metrics.conns.WithLabelValues(s.info.Role).Inc()
 	h.log.Debug("client connected", "id", s.info.ID, "role", s.info.Role, "name", s.info.Name, "remote", s.info.Remote, "dialect", s.info.Dialect)
 	h.clientEvent("client.connected", s)
+}
 
-	err := h.contain(inSession, read)
-	var pe *protocol.Error
-	if errors.As(err, &pe) && pe.Code == protocol.CodeInternal {
-		s.fail(pe.Code, pe.Text) // a contained panic: say so, then close
-	}
+// endSession cleans up after a session's read loop ended with err.
+func (h *Hub) endSession(s *Session, err error) {
 	s.closeWith(nil, "", err)
 	<-s.connDone
 	s.work.Wait() // requests still running see s.ctx end
@@ -415,11 +522,12 @@ func (s *Session) closeWith(last []byte, errCode string, reason error) bool {
 // a deadline) and closes the connection, which also ends the read loop.
 func (s *Session) writeLoop() {
 	var linger *time.Timer
+	var w writeBufs
 	for {
 		select {
 		case <-s.done:
 			s.conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
-			s.flushQueue()
+			s.flushQueue(&w)
 			s.mu.Lock()
 			keep := s.keepConn
 			s.mu.Unlock()
@@ -438,7 +546,7 @@ func (s *Session) writeLoop() {
 		default:
 		}
 		s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if err := s.flushQueue(); err != nil {
+		if err := s.flushQueue(&w); err != nil {
 			s.closeWith(nil, "", fmt.Errorf("write: %w", err)) // writing stays set: no other loop starts
 			s.conn.Close()
 			close(s.connDone)
@@ -466,7 +574,16 @@ func (s *Session) writeLoop() {
 	}
 }
 
-func (s *Session) flushQueue() error {
+// writeBufs are a write loop's own: the writev vector and, for TLS and
+// WebSocket, the buffer a batch is copied into, kept from one batch to the
+// next while the loop runs (an idle session, whose loop has ended, keeps
+// none).
+type writeBufs struct {
+	iov, iovBuf net.Buffers
+	wbuf        []byte
+}
+
+func (s *Session) flushQueue(w *writeBufs) error {
 	for {
 		s.mu.Lock()
 		batch := s.out
@@ -478,7 +595,7 @@ func (s *Session) flushQueue() error {
 		s.outBytes = 0
 		s.mu.Unlock()
 
-		err := s.writeBatch(batch)
+		err := s.writeBatch(batch, w)
 		for i := range batch {
 			batch[i] = nil
 		}
@@ -496,7 +613,7 @@ func (s *Session) flushQueue() error {
 	}
 }
 
-func (s *Session) writeBatch(batch [][]byte) error {
+func (s *Session) writeBatch(batch [][]byte, w *writeBufs) error {
 	h := s.hub
 	n := 0
 	for _, b := range batch {
@@ -508,27 +625,27 @@ func (s *Session) writeBatch(batch [][]byte) error {
 		return s.writer.writeBatch(s, batch)
 	}
 	if _, ok := s.conn.(*net.TCPConn); ok {
-		// writev: one system call for the batch. WriteTo consumes s.iov, so
-		// the vector's storage is kept apart in s.iovBuf for the next batch.
-		s.iov = append(s.iovBuf[:0], batch...)
-		s.iovBuf = s.iov[:0]
-		_, err := s.iov.WriteTo(s.conn)
-		clear(s.iovBuf[:len(batch)]) // do not keep the frames alive
+		// writev: one system call for the batch. WriteTo consumes w.iov, so
+		// the vector's storage is kept apart in w.iovBuf for the next batch.
+		w.iov = append(w.iovBuf[:0], batch...)
+		w.iovBuf = w.iov[:0]
+		_, err := w.iov.WriteTo(s.conn)
+		clear(w.iovBuf[:len(batch)]) // do not keep the frames alive
 		return err
 	}
 	if len(batch) == 1 {
 		_, err := s.conn.Write(batch[0])
 		return err
 	}
-	buf := s.wbuf[:0]
+	buf := w.wbuf[:0]
 	for _, b := range batch {
 		buf = append(buf, b...)
 	}
 	_, err := s.conn.Write(buf)
 	if cap(buf) <= 64<<10 {
-		s.wbuf = buf[:0] // reuse; a burst's big buffer is let go
+		w.wbuf = buf[:0] // reuse; a burst's big buffer is let go
 	} else {
-		s.wbuf = nil
+		w.wbuf = nil
 	}
 	return err
 }
@@ -539,8 +656,7 @@ func (s *Session) cleanup() {
 	s.subMu.Lock()
 	live := s.live
 	dur := s.dur
-	s.live = map[uint64]*topicSub{}
-	s.dur = map[uint64]*durableMember{}
+	s.live, s.dur = nil, nil
 	s.hub.identSubs.give(s.identKey, s.nsubs)
 	s.nsubs = 0
 	s.subMu.Unlock()

@@ -107,6 +107,9 @@ func (s *Session) subscribe(ctx context.Context, sb subRequest, accepted func(si
 		return 0, Reject(protocol.CodeUnavailable, err.Error())
 	}
 	s.subMu.Lock()
+	if s.live == nil {
+		s.live = map[uint64]*topicSub{}
+	}
 	if _, dup := s.live[ts.sid]; !dup {
 		s.live[ts.sid] = ts
 		s.nsubs++
@@ -145,6 +148,9 @@ func (s *Session) subscribeDurable(ctx context.Context, sb subRequest, accepted 
 		return 0, withCode(err, protocol.CodeInternal)
 	}
 	s.subMu.Lock()
+	if s.dur == nil {
+		s.dur = map[uint64]*durableMember{}
+	}
 	s.dur[m.sid] = m
 	s.nsubs++
 	s.subMu.Unlock()

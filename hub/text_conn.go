@@ -79,12 +79,13 @@ type textReply struct {
 // errTextClosed is the outcome of a call the session's end cut short.
 var errTextClosed = errors.New("session closed")
 
-// serveText runs a text connection. atPort says the hub speaks first (the
+// serveText readies a text connection and returns its read loop (nil: it
+// was refused, and closed). atPort says the hub speaks first (the
 // text-only port): a newcomer is greeted at once. Otherwise the client has
 // sent its first bytes already, on the client port. The hub serves text
 // (textAllowed) whenever it gets here: pickDialect and the classroom's
 // hand-over check, and Start refuses a text port otherwise.
-func (h *Hub) serveText(s *Session, br *bufio.Reader, atPort bool) {
+func (h *Hub) serveText(s *Session, br *bufio.Reader, atPort bool) func() error {
 	conn := s.conn
 	app := h.textApp()
 	c := &textConn{
@@ -104,15 +105,15 @@ func (h *Hub) serveText(s *Session, br *bufio.Reader, atPort bool) {
 	}
 	id, first, ok := c.identify(atPort)
 	if !ok {
-		return
+		return nil
 	}
 	if err := c.establish(id); err != nil {
 		code, text := errCode(err, protocol.CodeForbidden)
 		c.refuse(code, text)
-		return
+		return nil
 	}
 	c.established = true
-	h.runSession(s, func() error { return c.run(first) })
+	return func() error { return c.run(first) }
 }
 
 // firstLine is the client's first line, when it was read before the

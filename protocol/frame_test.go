@@ -238,6 +238,22 @@ func TestReaderSplitAndCoalesced(t *testing.T) {
 	}
 }
 
+// Bytes read ahead of the Reader (Prefill) decode first and join what the
+// stream reads next, wherever the split falls, however small the buffer.
+func TestReaderPrefill(t *testing.T) {
+	want := sampleFrames()
+	stream := encodeAll(want)
+	for _, split := range []int{1, 3, 4, 5, 17, 64, 65, 200, len(stream) - 1, len(stream)} {
+		for _, size := range []int{64, 512} {
+			rd := protocol.NewReaderSize(&chunkReader{stream[split:], 7}, 0, size)
+			rd.Prefill(stream[:split])
+			if got := readAll(t, rd); !frameListsEqual(got, want) {
+				t.Fatalf("prefilled %d bytes, buffer %d: decoded %d frames, want %d equal frames", split, size, len(got), len(want))
+			}
+		}
+	}
+}
+
 func TestReaderManyFramesOneRead(t *testing.T) {
 	var want []protocol.Frame
 	for i := 0; i < 50; i++ {

@@ -49,6 +49,22 @@ func (d *Reader) SetMaxFrame(n int) {
 	d.maxFrame = n
 }
 
+// Prefill buffers b ahead of the stream: Next decodes it before anything
+// read from the stream afterwards. It is for bytes a caller read before the
+// Reader existed (the server peeks at a connection's first bytes to tell
+// which protocol it speaks) and must not be called once Next has read from
+// the stream.
+func (d *Reader) Prefill(b []byte) {
+	if need := d.end + len(b); need > len(d.buf) {
+		nb := make([]byte, max(need, len(d.buf)))
+		copy(nb, d.buf[d.start:d.end])
+		d.end -= d.start
+		d.start = 0
+		d.buf = nb
+	}
+	d.end += copy(d.buf[d.end:], b)
+}
+
 // Buffered reports how many bytes are read from the stream but not yet decoded.
 // A writer may use it to decide when to flush replies.
 func (d *Reader) Buffered() int { return d.end - d.start }
@@ -64,11 +80,11 @@ func (d *Reader) Next() (*Frame, error) {
 	// or more would turn negative and pass for a too-small frame.
 	l := binary.BigEndian.Uint32(d.buf[d.start:])
 	if uint64(l) > uint64(d.maxFrame) {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, l, d.maxFrame)
+		return nil, errTooLarge(uint64(l), d.maxFrame)
 	}
 	n := int(l)
 	if n < minBody {
-		return nil, fmt.Errorf("%w: %d bytes", ErrFrameTooSmall, n)
+		return nil, errTooSmall(n)
 	}
 	if err := d.fill(HeaderLen + n); err != nil {
 		if err == io.EOF {
@@ -83,6 +99,18 @@ func (d *Reader) Next() (*Frame, error) {
 	}
 	return &d.frame, nil
 }
+
+// The errors of Next are made apart from it: their arguments took stack
+// space in Next's frame, which a server's idle connection keeps while Next
+// waits for a read.
+
+//go:noinline
+func errTooLarge(l uint64, maxFrame int) error {
+	return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, l, maxFrame)
+}
+
+//go:noinline
+func errTooSmall(n int) error { return fmt.Errorf("%w: %d bytes", ErrFrameTooSmall, n) }
 
 // fill makes sure at least need bytes are buffered, reading as much as the
 // stream offers in each call so that coalesced frames cost one read.
