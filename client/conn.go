@@ -598,5 +598,7 @@ func clone(b []byte) []byte {
 	if len(b) == 0 {
 		return []byte{}
 	}
-	return append([]byte(nil), b...)
+	c := make([]byte, len(b))
+	copy(c, b)
+	return c
 }
