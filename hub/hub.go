@@ -59,6 +59,7 @@ type Hub struct {
 	durables *durables
 	registry *durableRegistry // durables per identity (durable_limits.go)
 	names    *names           // exclusive names and resume tokens (names.go)
+	perms    sharedPerms      // compiled permissions, shared between sessions (perm_share.go)
 	// sharedDurables are the durable names some role is granted (set by
 	// Start once the apps have granted theirs): no other session may use
 	// them for a durable of its own.

@@ -321,14 +321,14 @@ func (ts *topicSub) fanout(h *Hub, topic, key, payload []byte) {
 	// One allocation per message whatever the number of members: the
 	// encoded frame, which f points into.
 	frame, f := encodeMsg(ts.sid, 0, 0, topic, key, payload)
-	topic = f.Topic
+	var deny denyCheck
 	if ts.group != "" {
 		// One member of the group gets it; skip members that are closing.
 		n := uint64(len(members))
 		start := ts.rr.Add(1)
 		for i := uint64(0); i < n; i++ {
 			s := members[(start+i)%n]
-			if p := s.perms.Load(); len(p.denySub) > 0 && p.deniedDelivery(topic) {
+			if deny.denied(s, f.Topic) {
 				continue
 			}
 			if s.deliver(frame, &f) {
@@ -340,7 +340,7 @@ func (ts *topicSub) fanout(h *Hub, topic, key, payload []byte) {
 	}
 	delivered := 0
 	for _, s := range members {
-		if p := s.perms.Load(); len(p.denySub) > 0 && p.deniedDelivery(topic) {
+		if deny.denied(s, f.Topic) {
 			continue
 		}
 		if s.deliver(frame, &f) {
@@ -349,6 +349,21 @@ func (ts *topicSub) fanout(h *Hub, topic, key, payload []byte) {
 	}
 	// One atomic add per message, not one per member.
 	h.metrics.deliveries.Add(float64(delivered))
+}
+
+// denyCheck tells whether a session's permissions refuse it a topic
+// (deny_subscribe), deciding once per permission set for one message:
+// sessions mostly share their sets (sharedPerms).
+type denyCheck struct {
+	last *perms
+	deny bool
+}
+
+func (d *denyCheck) denied(s *Session, topic []byte) bool {
+	if p := s.perms.Load(); p != d.last {
+		d.last, d.deny = p, len(p.denySub) > 0 && p.deniedDelivery(topic)
+	}
+	return d.deny
 }
 
 // encodeMsg encodes a MSG frame in one allocation and returns it with a

@@ -373,7 +373,7 @@ func (h *Hub) permissionsOf(id Identity) *perms {
 		own.Durable = h.policy.of(id.Role).Durable
 		p = &own
 	}
-	return p.compile(id)
+	return h.perms.share(p.compile(id))
 }
 
 // register makes an established session known to the hub (auth reloads,
