@@ -280,3 +280,52 @@ func BenchmarkDurableQueue(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
+
+// BenchmarkStoredDelivery: a stored publish and a live subscriber of its
+// topic on the same hub. A stored message reaches the subscriber from the
+// engine (the engine forwards it as it stores it), its OK comes once it is
+// on disk: ok-µs and delivered-µs are the mean times from the PUB to each.
+// They are why stored topics are not delivered locally after the OK
+// (docs/PERFORMANCE.md): that would add the wait for the disk to every
+// delivery.
+func BenchmarkStoredDelivery(b *testing.B) {
+	for _, syncAlways := range []bool{true, false} {
+		b.Run(fmt.Sprintf("sync=%s", map[bool]string{true: "always", false: "interval"}[syncAlways]), func(b *testing.B) {
+			h := hubtest.Start(b, hub.Config{Name: "bench", PubRate: -1, SyncAlways: &syncAlways, Apps: []hub.App{perfStoredApp{}}}).Hub
+			sub := dialPerf(b, h, "sub")
+			sub.subscribe(b, "bench.stored.>")
+			pub := dialPerf(b, h, "pub")
+			arrived := make(chan time.Time, 1)
+			go func() {
+				for {
+					f, err := sub.rd.Next()
+					if err != nil {
+						return
+					}
+					if f.Op == protocol.OpMsg {
+						arrived <- time.Now()
+					}
+				}
+			}()
+			payload := make([]byte, 128)
+			var okTotal, deliveredTotal time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				pub.write(b, &protocol.Frame{Op: protocol.OpPub, ID: uint64(i + 1), Topic: []byte("bench.stored.x"), Payload: payload})
+				if f := pub.next(b); f.Op != protocol.OpOK {
+					b.Fatalf("PUB: %s", f)
+				}
+				okTotal += time.Since(start)
+				select {
+				case at := <-arrived:
+					deliveredTotal += at.Sub(start)
+				case <-time.After(10 * time.Second):
+					b.Fatal("the stored message did not arrive")
+				}
+			}
+			b.ReportMetric(float64(okTotal.Microseconds())/float64(b.N), "ok-µs")
+			b.ReportMetric(float64(deliveredTotal.Microseconds())/float64(b.N), "delivered-µs")
+		})
+	}
+}
