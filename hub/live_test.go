@@ -243,3 +243,20 @@ func splitLive(t *testing.T, payload string) (string, int) {
 	}
 	return who, n
 }
+
+// A live message delivered on its publisher's hub carries the message id
+// as the client gave it, as one delivered through the engine does: the
+// engine's copy is scoped to the publisher (msgid.go), the subscriber
+// never sees that.
+func TestLiveDeliveryCarriesTheClientsID(t *testing.T) {
+	h := startHub(t, nil)
+	sub := dialRaw(t, h)
+	sub.hello("client", "sub")
+	sub.expect(&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("live.keyed")}, protocol.OpOK, "")
+	pub := dialRaw(t, h)
+	pub.hello("client", "pub")
+	pub.expect(&protocol.Frame{Op: protocol.OpPub, ID: 1, Topic: []byte("live.keyed"), Key: []byte("k-1"), Payload: []byte("x")}, protocol.OpOK, "")
+	if m := sub.nextOp(); m.Op != protocol.OpMsg || string(m.Key) != "k-1" {
+		t.Fatalf("got %s, want MSG with key k-1", m)
+	}
+}

@@ -149,7 +149,10 @@ func (h *Hub) publishLive(topic, key, payload []byte, lm *localMatches) error {
 			return err
 		}
 	}
-	h.router.deliverLocal(topic, key, payload, lm)
+	// Local subscribers get the id as the client published it, as they
+	// would from the engine (clientKey): key is the engine's, scoped.
+	ck := clientKey(unsafe.String(unsafe.SliceData(key), len(key)))
+	h.router.deliverLocal(topic, unsafe.Slice(unsafe.StringData(ck), len(ck)), payload, lm)
 	return nil
 }
 
