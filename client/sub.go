@@ -82,6 +82,12 @@ type Subscription struct {
 	idle   bool
 	wake   chan struct{} // one slot: a wake-up is never lost, never blocks
 	buffer int
+	// waiting counts the deliveries waiting for the handler: queued, or
+	// taken but not started; Buffer bounds it. As with a channel, a
+	// delivery for a handler that waits for one (idle) is handed over, not
+	// buffered: handoff marks it, the first of the handler's next batch.
+	waiting atomic.Int64
+	handoff bool
 
 	dropping atomic.Bool
 
@@ -155,6 +161,8 @@ func (s *Subscription) run() {
 			}
 		}
 		batch, s.queue = s.queue, s.spare[:0]
+		handoff := s.handoff
+		s.handoff = false
 		s.qmu.Unlock()
 		for i, m := range batch {
 			select {
@@ -163,6 +171,9 @@ func (s *Subscription) run() {
 			default:
 			}
 			batch[i] = nil
+			if i > 0 || !handoff {
+				s.waiting.Add(-1)
+			}
 			s.handler(m)
 			if m.AckRequired && !s.manual {
 				m.autoAck()
@@ -182,7 +193,8 @@ func (s *Subscription) push(m *Msg) {
 	default:
 	}
 	s.qmu.Lock()
-	if len(s.queue) >= s.buffer {
+	handoff := s.idle
+	if !handoff && s.waiting.Load() >= int64(s.buffer) {
 		s.qmu.Unlock()
 		if s.dropping.CompareAndSwap(false, true) {
 			what := "live messages are lost"
@@ -194,13 +206,16 @@ func (s *Subscription) push(m *Msg) {
 		return
 	}
 	s.queue = append(s.queue, m)
-	wake := s.idle
-	s.idle = false
+	if handoff {
+		s.idle, s.handoff = false, true
+	} else {
+		s.waiting.Add(1)
+	}
 	s.qmu.Unlock()
 	if s.dropping.Load() {
 		s.dropping.Store(false)
 	}
-	if wake {
+	if handoff {
 		select {
 		case s.wake <- struct{}{}:
 		default:
