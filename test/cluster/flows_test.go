@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -265,21 +266,29 @@ func flowLiveOnceInOrder(t *testing.T, r *rig) {
 	t.Logf("queue group deliveries per member: %v", group.byWho())
 }
 
-// worker is a durable subscriber that records what it processed.
+// worker is a durable subscriber that records what it processed. A hub
+// that answers "unavailable" (a cluster still electing the leader of the
+// durables bucket after a node died) is asked again, as a client would.
 func subscribeWorker(ctx context.Context, t *testing.T, c *client.Conn, who, durable string, got *counter) *client.Subscription {
 	t.Helper()
-	sub, err := c.Subscribe(ctx, "jobs.>", func(m *client.Msg) {
-		got.add(m.Key, who)
-		// Ack and wait for the engine to confirm: from here the job is done.
-		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := m.Ack(actx); err != nil {
-			t.Logf("%s: ack %s: %v (it will be redelivered)", who, m.Key, err)
+	var sub *client.Subscription
+	hubtest.Eventually(t, 2*flowTimeout, who+"'s durable subscription", func() error {
+		var err error
+		sub, err = c.Subscribe(ctx, "jobs.>", func(m *client.Msg) {
+			got.add(m.Key, who)
+			// Ack and wait for the engine to confirm: from here the job is done.
+			actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := m.Ack(actx); err != nil {
+				t.Logf("%s: ack %s: %v (it will be redelivered)", who, m.Key, err)
+			}
+		}, client.Durable(durable), client.ManualAck())
+		var pe *protocol.Error
+		if err != nil && !(errors.As(err, &pe) && pe.Code == protocol.CodeUnavailable) {
+			t.Fatalf("%s: durable subscribe: %v", who, err)
 		}
-	}, client.Durable(durable), client.ManualAck())
-	if err != nil {
-		t.Fatalf("%s: durable subscribe: %v", who, err)
-	}
+		return err
+	})
 	return sub
 }
 
@@ -414,9 +423,16 @@ func flowHubDies(t *testing.T, r *rig) {
 		t.Errorf("after hub A stopped: worker on %s, publisher on %s; want both on hub B %s", worker.Addr(), pub.Addr(), r.b.Addr())
 	}
 	hubtest.Until(t, flowTimeout, "dora's chat client to reconnect to hub B", func() bool { return dora.c.Hub() == r.b.Addr() })
-	if err := dora.c.Say(ctx, "still here"); err != nil {
-		t.Fatalf("dora after the failover: %v", err)
-	}
+	// Hub B may still be finding the chat buckets' leaders: "unavailable"
+	// is a retry, as the chat client's user would.
+	hubtest.Eventually(t, flowTimeout, "dora's message through hub B to be taken", func() error {
+		err := dora.c.Say(ctx, "still here")
+		var pe *protocol.Error
+		if err != nil && !(errors.As(err, &pe) && pe.Code == protocol.CodeUnavailable) {
+			t.Fatalf("dora after the failover: %v", err)
+		}
+		return err
+	})
 	erin.waitEvent(t, "dora's message through hub B", said("dora", "still here", false))
 	t.Logf("redelivered across the failover (at least once, never lost): %d", len(got.dups()))
 }
