@@ -88,6 +88,9 @@ func readLog(t *testing.T, path string) []logLine {
 	if err != nil {
 		return nil
 	}
+	// The logger may be writing its next line as the file is read: only
+	// whole lines are its output so far.
+	b = b[:bytes.LastIndexByte(b, '\n')+1]
 	var out []logLine
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
