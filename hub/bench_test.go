@@ -167,20 +167,33 @@ func (perfStoredApp) Setup(ctx context.Context, x *hub.Host) error {
 }
 
 // BenchmarkStoredPublishPipelined: publishes to a stored topic, each answered with an
-// OK once the engine has it, 128 in flight. One op is one stored message.
+// OK once the engine has it, 128 in flight from one connection. One op is
+// one stored message. topics=1: all on one topic, which the hub stores in
+// the order sent, one after another; topics=64: spread over 64 topics,
+// which the hub stores concurrently (pipeline.go). sync=always: the engine
+// syncs to disk before an OK (group sync), as by default.
 func BenchmarkStoredPublishPipelined(b *testing.B) {
-	for _, keyed := range []bool{false, true} {
-		b.Run(fmt.Sprintf("keyed=%v", keyed), func(b *testing.B) { benchStoredPublishPipelined(b, keyed) })
+	for _, syncAlways := range []bool{false, true} {
+		for _, topics := range []int{1, 64} {
+			for _, keyed := range []bool{false, true} {
+				name := fmt.Sprintf("sync=%v/topics=%d/keyed=%v", map[bool]string{true: "always", false: "interval"}[syncAlways], topics, keyed)
+				b.Run(name, func(b *testing.B) { benchStoredPublishPipelined(b, syncAlways, topics, keyed) })
+			}
+		}
 	}
 }
 
 // benchStoredPublishPipelined: keyed publishes carry a message id each,
 // which the hub scopes to the publisher (msgid.go).
-func benchStoredPublishPipelined(b *testing.B, keyed bool) {
-	h := perfHub(b, perfStoredApp{})
+func benchStoredPublishPipelined(b *testing.B, syncAlways bool, topics int, keyed bool) {
+	h := hubtest.Start(b, hub.Config{Name: "bench", PubRate: -1, SyncAlways: &syncAlways, Apps: []hub.App{perfStoredApp{}}}).Hub
 	pub := dialPerf(b, h, "pub")
 	const inflight = 128
 	payload := make([]byte, 128)
+	names := make([][]byte, topics)
+	for i := range names {
+		names[i] = fmt.Appendf(nil, "bench.stored.t%d", i)
+	}
 	var out, key []byte
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -189,7 +202,7 @@ func benchStoredPublishPipelined(b *testing.B, keyed bool) {
 		out = out[:0]
 		for k := 0; k < inflight/2 && sent < b.N && sent-acked < inflight; k++ {
 			sent++
-			f := protocol.Frame{Op: protocol.OpPub, ID: uint64(sent), Topic: []byte("bench.stored.x"), Payload: payload}
+			f := protocol.Frame{Op: protocol.OpPub, ID: uint64(sent), Topic: names[sent%topics], Payload: payload}
 			if keyed {
 				f.Key = strconv.AppendInt(key[:0], int64(sent), 10)
 			}

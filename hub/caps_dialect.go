@@ -22,7 +22,7 @@ type capsFrames struct{}
 // useCAPSFrames makes CAPS frames the session's dialect (every session's
 // until another is picked).
 func (s *Session) useCAPSFrames() {
-	s.dialect, s.native, s.writer, s.heartbeats = capsFrames{}, true, nil, true
+	s.dialect, s.native, s.writer, s.heartbeats, s.pipelines = capsFrames{}, true, nil, true, true
 	s.info.Dialect = "caps"
 }
 

@@ -95,7 +95,7 @@ func (h *Hub) serveClassroom(s *Session, br *bufio.Reader, silent bool) func() e
 		// ends (spoke, at the latest when the read loop returns).
 		c.silentEnd = time.Unix(0, s.lastRecv.Load()).Add(h.cfg.ClassroomSilentTimeout)
 	}
-	s.dialect, s.native, s.writer, s.heartbeats = c, false, c, false
+	s.dialect, s.native, s.writer, s.heartbeats, s.pipelines = c, false, c, false, false
 	s.info.Dialect = "classroom"
 
 	// Unique across the hubs of a cluster: the parcel app tells drivers

@@ -47,6 +47,7 @@ const (
 	inClassroomRoute  = "classroom_route"
 	inAppFunc         = "app_func"
 	inSession         = "session"
+	inStoredPublish   = "stored_publish"
 )
 
 // contained is called (deferred) with recover()'s value: a panic is logged

@@ -45,6 +45,7 @@ type Hub struct {
 	identifyHooks   []IdentifyHook
 	pubHooks        []patternHook[PublishHook]
 	storeHooks      []patternHook[StoreHook] // hub/storehook.go
+	orderKeys       []orderKeyHook           // hub/pipeline.go
 	loadHooks       []patternHook[LoadHook]  // hub/dispatch.go
 	deliverHooks    []patternHook[DeliverHook]
 	subHooks        []patternHook[SubscribeHook]

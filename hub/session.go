@@ -44,6 +44,11 @@ type Session struct {
 	native     bool
 	writer     batchWriter
 	heartbeats bool // the hub pings it when idle and drops it when silent
+	// pipelines: the dialect lets stored publishes complete off the read
+	// loop (pipeline.go). The classroom dialect does not: its events act
+	// on each other in the order sent (a "done" settles a delivery that a
+	// "post" after it would otherwise hand back).
+	pipelines bool
 
 	// ctx ends when the session closes: requests running off the read loop
 	// (work) see it.
@@ -51,6 +56,7 @@ type Session struct {
 	cancel context.CancelFunc
 	work   sync.WaitGroup
 	reqs   chan struct{} // one token per request in flight (session_api.go)
+	pipe   *pipeline     // stored publishes in flight (pipeline.go)
 
 	info SessionInfo
 	// infoMu guards info against other goroutines while its read loop
@@ -395,6 +401,10 @@ func (h *Hub) beginSession(s *Session) {
 
 // endSession cleans up after a session's read loop ended with err.
 func (h *Hub) endSession(s *Session, err error) {
+	// Stored publishes still in flight are seen through and answered before
+	// the connection closes: a client that published and said BYE has
+	// its messages stored and its OKs (pipeline.go).
+	s.pipe.drain()
 	s.closeWith(nil, "", err)
 	<-s.connDone
 	s.work.Wait() // requests still running see s.ctx end

@@ -215,47 +215,66 @@ func (s *Session) allow() error {
 
 // publish checks p (rate, topic, permissions, the apps' publish hooks),
 // hands it to the engine and reports the outcome to the dialect
-// (dialect.published). Today the outcome is reported before publish
-// returns; a dialect must not count on it (published), so that stored
-// publishes can complete once the engine has them while the read loop goes
-// on — the engine's group commit amortises its writes over the publishes in
+// (dialect.published). A live publish is reported before publish returns;
+// a stored one may be reported later, from another goroutine, once the
+// engine has it (pipeline.go): the read loop goes on meanwhile, and the
+// engine's group commit amortises its writes over the publishes in
 // flight. p's slices are not used once publish returns.
 func (s *Session) publish(ctx context.Context, p pubRequest) {
-	seq, err := s.publishNow(ctx, p)
+	err := s.checkPublish(p)
+	if err == nil && s.pipelines && s.hub.isStored(p.Topic) {
+		s.publishPipelined(ctx, p)
+		return
+	}
+	var seq uint64
+	if err == nil {
+		if s.pubMatches == nil {
+			s.pubMatches = &localMatches{} // sessions that never publish do without
+		}
+		seq, err = s.store(ctx, s.info, s.keyScope, p, s.pubMatches)
+	}
 	if err != nil {
 		err = withCode(err, protocol.CodeRejected)
 	}
 	s.dialect.published(s, p.ID, seq, err)
 }
 
-func (s *Session) publishNow(ctx context.Context, p pubRequest) (uint64, error) {
-	h := s.hub
+// checkPublish holds p to the session's rate limit, the topic and id rules
+// and its permissions. Read loop only.
+func (s *Session) checkPublish(p pubRequest) error {
 	if !p.Allowed {
 		if err := s.allow(); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	if !protocol.ValidTopic(p.Topic) {
-		return 0, Reject(protocol.CodeBadTopic, fmt.Sprintf("invalid topic %q", p.Topic))
+		return Reject(protocol.CodeBadTopic, fmt.Sprintf("invalid topic %q", p.Topic))
 	}
 	if len(p.Key) > 0 && !protocol.ValidKey(p.Key) {
-		return 0, Reject(protocol.CodeBadRequest, fmt.Sprintf("bad message id: 1-%d bytes of printable ASCII, no spaces", protocol.MaxKeyLen))
+		return Reject(protocol.CodeBadRequest, fmt.Sprintf("bad message id: 1-%d bytes of printable ASCII, no spaces", protocol.MaxKeyLen))
 	}
 	if !s.perms.Load().canPublish(p.Topic) {
-		return 0, Reject(protocol.CodeForbidden, fmt.Sprintf("%s %q may not publish to %q", s.info.Role, s.info.Name, p.Topic))
+		return Reject(protocol.CodeForbidden, fmt.Sprintf("%s %q may not publish to %q", s.info.Role, s.info.Name, p.Topic))
 	}
-	if err := h.runPubHooks(ctx, s.info, p.Key, p.Topic, p.Payload); err != nil {
+	return nil
+}
+
+// store runs the apps' publish hooks on checked p and hands it to the
+// engine as the session (info, scope) published it; lm is the session's
+// cache of a live topic's local subscribers (nil off the read loop, where
+// only stored topics are published). Safe off the read loop with nil lm:
+// it reads nothing else of the session that the loop changes.
+func (s *Session) store(ctx context.Context, info SessionInfo, scope string, p pubRequest, lm *localMatches) (uint64, error) {
+	h := s.hub
+	if err := h.runPubHooks(ctx, info, p.Key, p.Topic, p.Payload); err != nil {
 		return 0, withCode(err, protocol.CodeRejected)
 	}
 	// publishFrom bounds the wait for the engine itself, on stored topics
 	// only: a timer per live publish was a quarter of the hub's allocations.
-	if s.pubMatches == nil {
-		s.pubMatches = &localMatches{} // sessions that never publish do without
-	}
 	// An app that stores the topic itself (StoreHook) sees the client's
 	// message id; the engine gets it scoped to the client's identity
 	// (msgid.go), so no client can pre-empt another's.
-	seq, logged, err := h.publishFrom(ctx, s.info, s.keyScope, p.Topic, p.Key, p.Payload, p.Stored, s.pubMatches)
+	seq, logged, err := h.publishFrom(ctx, info, scope, p.Topic, p.Key, p.Payload, p.Stored, lm)
 	if err != nil {
 		return 0, withCode(err, protocol.CodeUnavailable)
 	}

@@ -96,7 +96,7 @@ func (h *Hub) serveText(s *Session, br *bufio.Reader, atPort bool) func() error 
 	}
 	c.rd = newTextReader(br, textMaxLine, c.reply)
 	c.api = &TextConn{c: c}
-	s.dialect, s.native, s.writer, s.heartbeats = c, false, nil, false
+	s.dialect, s.native, s.writer, s.heartbeats, s.pipelines = c, false, nil, false, false
 	s.info.Dialect = "text"
 	if tc := tcpOf(conn); tc != nil {
 		// A person cannot answer heartbeats; dead peers are found by TCP

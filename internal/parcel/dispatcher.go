@@ -172,6 +172,7 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	// may be that driver (a second is refused unless it resumes the first).
 	h.ExclusiveName(protocol.RoleDriver)
 	h.OnStore(topicRoot+".>", d.onStore)
+	h.OrderPublishesBy(topicRoot+".>", orderKey)
 	h.OnDeliver(PickupPattern, d.onDeliver)
 	h.OnLoad(PickupPattern, d.loadOf)
 	h.Handle(TrackService, d.track)

@@ -89,6 +89,22 @@ func orderPattern(store, orderID string) string {
 	return topicRoot + "." + store + "." + orderID + ".>"
 }
 
+// orderKey is what a session's publishes on one order share — the topic
+// up to the order id, parcel.<store>.<order> — so that the hub stores them
+// in the order sent (hub.Host.OrderPublishesBy): a cancel sent right
+// after its pickup, without waiting for the pickup's OK, is not stored first.
+func orderKey(topic string) string {
+	dots := 0
+	for i := 0; i < len(topic); i++ {
+		if topic[i] == '.' {
+			if dots++; dots == 3 {
+				return topic[:i]
+			}
+		}
+	}
+	return topic
+}
+
 // driverPattern is every event a driver made or was assigned.
 func driverPattern(driver string) string { return topicRoot + ".*.*.*." + driver }
 
