@@ -46,6 +46,7 @@ type Hub struct {
 	pubHooks        []patternHook[PublishHook]
 	storeHooks      []patternHook[StoreHook] // hub/storehook.go
 	orderKeys       []orderKeyHook           // hub/pipeline.go
+	workers         *workers                 // hub/workers.go: run the pipeline's tasks
 	loadHooks       []patternHook[LoadHook]  // hub/dispatch.go
 	deliverHooks    []patternHook[DeliverHook]
 	subHooks        []patternHook[SubscribeHook]
@@ -134,6 +135,7 @@ func New(cfg Config) *Hub {
 		sessions: map[string]*Session{},
 		metrics:  newMetrics(),
 		events:   &eventLog{w: bufio.NewWriter(out), quiet: cfg.Quiet},
+		workers:  newWorkers(),
 	}
 	h.run.stopped = make(chan struct{})
 	h.names = &names{h: h, exclusive: map[string]bool{}, held: map[*Session]uint64{}, mine: map[string]bool{}}
@@ -388,6 +390,7 @@ func (h *Hub) shutdown(ctx context.Context) error {
 		_ = r.httpSrv.Shutdown(ctx)
 	}
 	drained := h.closeSessions(ctx)
+	h.workers.close()
 	h.durables.stopAll()
 	h.router.stopAll()
 	r.stopBackground()

@@ -184,7 +184,7 @@ func (s *Session) publishPipelined(ctx context.Context, p pubRequest) {
 	// wait (storeTimeout), the publish hooks theirs (HookTimeout).
 	ctx = context.WithoutCancel(ctx)
 	s.work.Add(1)
-	go func() {
+	h.workers.run(func() {
 		defer s.work.Done()
 		s.pipe.run(key, q, func(qp queuedPub) {
 			p := qp.p
@@ -198,5 +198,5 @@ func (s *Session) publishPipelined(ctx context.Context, p pubRequest) {
 			}
 			s.dialect.published(s, p.ID, seq, err)
 		})
-	}()
+	})
 }
