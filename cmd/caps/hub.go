@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/api"
 	"github.com/caps-hub/caps/internal/chat"
 	"github.com/caps-hub/caps/internal/dashboard"
 	"github.com/caps-hub/caps/internal/parcel"
@@ -17,6 +18,7 @@ import (
 func newHubCmd() *cobra.Command {
 	var cfg hub.Config
 	var orders parcel.Options
+	var apiCfg api.Config
 	var syncAlways bool
 	var natsCluster, natsRoutes, natsClient, natsClusterName string
 	var origins, httpHosts string
@@ -87,7 +89,7 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 			if err := sec.apply(cmd.Context(), &cfg); err != nil {
 				return err
 			}
-			apps, err := hubApps(orders, chatCfg)
+			apps, err := hubApps(orders, apiCfg, chatCfg)
 			if err != nil {
 				return err
 			}
@@ -156,18 +158,27 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.IntVar(&orders.MaxAttempts, "max-attempts", 3, "delivery attempts of an order: a failed attempt before the last is offered to the drivers again")
 	f.Int64Var(&orders.MaxBytes, "parcel-max-bytes", parcel.DefaultMaxBytes, "bytes the order events may take on disk; new orders are refused (store_full) at 90%, so that those accepted can finish")
 	f.DurationVar(&orders.Retention, "parcel-retention", 7*24*time.Hour, "how long a finished order (delivered, returned, cancelled) is kept; orders in flight are kept however old")
+	f.IntVar(&orders.MaxPINTries, "max-pin-tries", 5, "wrong PINs a delivery attempt of an order that needs one may be given before it is refused (pin-locked) and must be reported failed")
+	// The REST API (docs/API.md).
+	f.StringVar(&apiCfg.PublicURL, "public-url", "", "the HTTP port's URL as customers reach it (https://track.example.com), for the orders' trackingURL (default: the scheme and host of each API request)")
+	f.Float64Var(&apiCfg.AddrRate, "api-rate", 20, "API requests per second from one IP address (bursts of twice that)")
+	f.Float64Var(&apiCfg.TokenRate, "api-token-rate", 50, "API requests per second made with one token (bursts of twice that)")
 	sec.addFlags(cmd)
 	return cmd
 }
 
 // hubApps builds the applications the hub serves (parcel dispatcher, chat).
-func hubApps(orders parcel.Options, chatCfg chat.AppConfig) ([]hub.App, error) {
+func hubApps(orders parcel.Options, apiCfg api.Config, chatCfg chat.AppConfig) ([]hub.App, error) {
 	if orders.MaxAttempts < 1 || orders.MaxBytes < 1<<20 || orders.Retention < time.Minute {
 		return nil, fmt.Errorf("--max-attempts must be at least 1, --parcel-max-bytes at least 1 MiB and --parcel-retention at least 1m")
 	}
 	var apps []hub.App
 	// Parcels: order state, lifecycle rules, tracking (vendors, drivers).
-	apps = append(apps, parcel.NewDispatcher(orders))
+	disp := parcel.NewDispatcher(orders)
+	apps = append(apps, disp)
+	// The REST API under /api/v1 on the HTTP port (orders; docs/API.md).
+	apiCfg.Orders = disp
+	apps = append(apps, api.New(apiCfg))
 	// Chat: rooms, presence, history and private messages (role chat).
 	apps = append(apps, chat.NewApp(chatCfg))
 	// The web dashboard, at / on the HTTP port.

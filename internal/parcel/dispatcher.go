@@ -60,6 +60,10 @@ type Options struct {
 	// CacheSize is how many orders' last events the hub keeps in memory to
 	// spare a read per transition (default 65,536).
 	CacheSize int
+	// MaxPINTries bounds the wrong PINs a delivery attempt of an order that
+	// needs one may be given (default 5): past it the attempt is refused
+	// (pin-locked) and must be reported failed.
+	MaxPINTries int
 }
 
 func (o *Options) defaults() {
@@ -77,6 +81,9 @@ func (o *Options) defaults() {
 	}
 	if o.CacheSize <= 0 {
 		o.CacheSize = 1 << 16
+	}
+	if o.MaxPINTries <= 0 {
+		o.MaxPINTries = 5
 	}
 }
 
@@ -128,10 +135,12 @@ func (d *Dispatcher) Setup(ctx context.Context, h *hub.Host) error {
 	}
 	put := func(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) { return d.js.PublishMsg(ctx, m) }
 	d.store = &orderStore{save: h.Store, put: put, stream: stream, cache: newRecordCache(d.opts.CacheSize)}
-	// A secret outlives its order by a month (a late look at the tracking
-	// page); a new order that needs one is refused when the bucket is full.
+	// Secrets go with their order (the sweeper removes both); the TTL only
+	// bounds what an interrupted removal leaves. A new order that needs
+	// secrets is refused when the bucket is full. An order's secrets take
+	// some 400 bytes against its events' 2 KB.
 	if d.secrets, err = h.KeyValue(ctx, hub.BucketSpec{Bucket: SecretsBucket, TTL: d.opts.Retention + 30*24*time.Hour,
-		MaxBytes: max(d.opts.MaxBytes/16, 1<<20), MaxValueSize: 512}); err != nil {
+		MaxBytes: max(d.opts.MaxBytes/4, 1<<20), MaxValueSize: 512}); err != nil {
 		return fmt.Errorf("order secrets bucket: %w", err)
 	}
 	if d.metrics, err = newOrderMetrics(h.Metrics()); err != nil {
@@ -286,8 +295,8 @@ func (d *Dispatcher) create(ctx context.Context, m move) (hub.Stored, error) {
 	if err != nil {
 		return d.refused(err)
 	}
-	if m.p.RequirePIN {
-		if err := d.makeSecrets(ctx, m.p.OrderID); err != nil {
+	if m.p.RequirePIN || m.secrets {
+		if _, err := d.makeSecrets(ctx, m.p.OrderID); err != nil {
 			var pe *protocol.Error
 			if errors.As(err, &pe) {
 				return hub.Stored{}, err
@@ -351,7 +360,11 @@ func (d *Dispatcher) change(ctx context.Context, m move) (hub.Stored, error) {
 			return hub.Stored{Seq: seq}, nil
 		}
 		if m.event == EventDelivered && cur.RequirePIN {
-			if err := d.checkPIN(ctx, cur.OrderID, m.p.PIN); err != nil {
+			if err := d.checkPIN(ctx, cur, m.p.PIN); err != nil {
+				var r *Refusal
+				if !errors.As(err, &r) {
+					return hub.Stored{}, unavailable(err)
+				}
 				return d.refused(err)
 			}
 		}

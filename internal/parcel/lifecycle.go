@@ -110,6 +110,9 @@ type move struct {
 	now   time.Time
 	// maxAttempts bounds delivery attempts (for a new order).
 	maxAttempts int
+	// secrets asks for a new order's PIN and tracking code even when it
+	// does not require the PIN (an order posted over the HTTP API).
+	secrets bool
 }
 
 // decision is what judge decided: a new record to store, or a retry of the

@@ -210,6 +210,9 @@ const (
 	RuleNotCancellable = "not-cancellable"
 	RulePINRequired    = "pin-required"
 	RuleWrongPIN       = "wrong-pin"
+	// RulePINLocked refuses a delivery attempt that was given too many
+	// wrong PINs (Options.MaxPINTries), the right one included.
+	RulePINLocked = "pin-locked"
 	// RuleStoreFull is the refusal of a new order when the order store is
 	// nearly full (code store_full).
 	RuleStoreFull = "store-full"

@@ -128,6 +128,9 @@ func (d *Dispatcher) removeFinished(ctx context.Context, cutoff time.Time) (int,
 			return n, err
 		}
 		d.store.cache.drop(r.OrderID)
+		if err := d.dropSecrets(ctx, r.OrderID); err != nil {
+			d.host.Logger().Warn("parcel sweeper: removing an order's secrets (the bucket's TTL will)", "order", r.OrderID, "err", err)
+		}
 		n++
 	}
 	return n, nil
