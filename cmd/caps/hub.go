@@ -12,6 +12,7 @@ import (
 	"github.com/caps-hub/caps/internal/chat"
 	"github.com/caps-hub/caps/internal/dashboard"
 	"github.com/caps-hub/caps/internal/parcel"
+	"github.com/caps-hub/caps/internal/webhook"
 	"github.com/caps-hub/caps/web"
 )
 
@@ -19,6 +20,7 @@ func newHubCmd() *cobra.Command {
 	var cfg hub.Config
 	var orders parcel.Options
 	var apiCfg api.Config
+	var webhookHTTP, webhookPrivate string
 	var syncAlways bool
 	var natsCluster, natsRoutes, natsClient, natsClusterName string
 	var origins, httpHosts string
@@ -88,6 +90,10 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 			}
 			if err := sec.apply(cmd.Context(), &cfg); err != nil {
 				return err
+			}
+			apiCfg.Webhooks.AllowHTTP = webhook.ParseHosts(webhookHTTP)
+			if apiCfg.Webhooks.AllowPrivate, err = webhook.ParsePrefixes(webhookPrivate); err != nil {
+				return fmt.Errorf("--webhook-allow-private: %w", err)
 			}
 			apps, err := hubApps(orders, apiCfg, chatCfg)
 			if err != nil {
@@ -163,6 +169,13 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.StringVar(&apiCfg.PublicURL, "public-url", "", "the HTTP port's URL as customers reach it (https://track.example.com), for the orders' trackingURL (default: the scheme and host of each API request)")
 	f.Float64Var(&apiCfg.AddrRate, "api-rate", 20, "API requests per second from one IP address (bursts of twice that)")
 	f.Float64Var(&apiCfg.TokenRate, "api-token-rate", 50, "API requests per second made with one token (bursts of twice that)")
+	// Webhooks (docs/API.md, Webhooks).
+	f.DurationVar(&apiCfg.Webhooks.RetryWindow, "webhook-retry-window", webhook.DefaultRetryWindow, "how long a webhook delivery is retried, and how long an endpoint may fail before it is disabled")
+	f.DurationVar(&apiCfg.Webhooks.BackoffBase, "webhook-backoff", webhook.DefaultBackoffBase, "wait before a webhook delivery's first retry; each further one waits twice as long, up to --webhook-backoff-max (±20 % jitter)")
+	f.DurationVar(&apiCfg.Webhooks.BackoffMax, "webhook-backoff-max", webhook.DefaultBackoffMax, "the longest wait between two attempts of a webhook delivery")
+	f.DurationVar(&apiCfg.Webhooks.RequestTimeout, "webhook-timeout", webhook.DefaultRequestTimeout, "how long a webhook receiver has to answer one delivery")
+	f.StringVar(&webhookHTTP, "webhook-allow-http", "", "hosts webhook URLs may name with plain http, comma-separated (default none: https only; a shop's URL over http could be read or changed on the way)")
+	f.StringVar(&webhookPrivate, "webhook-allow-private", "", "networks (CIDR, comma-separated) webhooks may reach although internal (loopback, private, link-local: refused by default against SSRF)")
 	sec.addFlags(cmd)
 	return cmd
 }

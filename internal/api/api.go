@@ -1,5 +1,7 @@
 // Package api is the hub's REST API under /api/v1, for a shop's backend:
-// orders created, read, listed and cancelled over HTTP, described by an
+// orders created, read, listed and cancelled over HTTP, and the webhooks
+// that tell the shop of every change (internal/webhook fed with the order
+// events), described by an
 // OpenAPI 3.1 document generated from the Go types (huma) and served at
 // /api/v1/openapi.json. It is a hub.App on the hub's HTTP port.
 //
@@ -32,6 +34,7 @@ import (
 
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/parcel"
+	"github.com/caps-hub/caps/internal/webhook"
 	"github.com/caps-hub/caps/protocol"
 )
 
@@ -56,6 +59,10 @@ type Config struct {
 	// MaxBodyBytes bounds a request body (default 16 KiB; an order's fields
 	// take at most some 1.5 KB).
 	MaxBodyBytes int64
+	// Webhooks configures the order webhooks' delivery (retry window,
+	// allowed http hosts…); Engine, Source, Registerer, Logger, HubName
+	// and EventTypes are set by the API.
+	Webhooks webhook.Config
 }
 
 func (c *Config) defaults() {
@@ -85,6 +92,7 @@ type API struct {
 	host   *hub.Host
 	byAddr *keyedLimiter
 	byTok  *keyedLimiter
+	hooks  *webhook.Service
 }
 
 // New returns the API; add it to hub.Config.Apps after cfg.Orders.
@@ -96,11 +104,14 @@ func New(cfg Config) *API {
 }
 
 // Setup registers the routes on the hub's HTTP server.
-func (a *API) Setup(_ context.Context, h *hub.Host) error {
+func (a *API) Setup(ctx context.Context, h *hub.Host) error {
 	if a.cfg.Orders == nil {
 		return errors.New("api: Config.Orders is required")
 	}
 	a.host = h
+	if err := a.startWebhooks(ctx, h); err != nil {
+		return err
+	}
 	h.HandleHTTP(a.register)
 	return nil
 }
@@ -122,6 +133,7 @@ func (a *API) register(mux *http.ServeMux) {
 	api := humago.NewWithPrefix(mux, Prefix, cfg)
 	api.UseMiddleware(a.guard(api))
 	a.registerOrders(api)
+	a.registerWebhooks(api)
 
 	spec, err := json.Marshal(api.OpenAPI())
 	if err != nil {

@@ -528,6 +528,10 @@ func (e *Engine) Ready() bool {
 	return e.NC != nil && e.NC.IsConnected() && e.Live != nil && e.Live.IsConnected()
 }
 
+// JetStream returns the engine's JetStream context (the JS field), for
+// code that takes the engine as an interface (webhook.Engine).
+func (e *Engine) JetStream() jetstream.JetStream { return e.JS }
+
 // JetStreamAvailable reports whether JetStream answered recently: false on
 // the minority side of a network partition, or while the cluster has no
 // leader. Connected (Ready) but not available means stored publishes fail.

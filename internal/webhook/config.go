@@ -11,15 +11,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/caps-hub/caps/internal/engine"
 )
 
 // Config configures a Service. Every hub of a cluster must run with the same
 // values: the streams and consumers they describe are shared.
 type Config struct {
-	// Engine is the hub's engine; required.
-	Engine *engine.Engine
+	// Engine is the hub's engine; required: an *engine.Engine, or an app's
+	// view of it (HostEngine).
+	Engine Engine
 	// Source feeds the service with events; without it (Source.Map nil) the
 	// service manages endpoints and delivers tasks written by other hubs,
 	// but reads no events itself.

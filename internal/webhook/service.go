@@ -42,7 +42,7 @@ const taskDuplicates = 10 * time.Minute
 // consumer and the delivery workers. See the package documentation.
 type Service struct {
 	cfg       Config
-	eng       *engine.Engine
+	eng       Engine
 	js        jetstream.JetStream
 	log       *slog.Logger
 	met       *metrics
@@ -86,7 +86,7 @@ func New(cfg Config) (*Service, error) {
 	g := guard{allowHTTP: cfg.AllowHTTP, allowPrivate: cfg.AllowPrivate}
 	client, tr := newClient(g, cfg.TLS, cfg.RequestTimeout, cfg.MaxInFlight)
 	return &Service{
-		cfg: cfg, eng: cfg.Engine, js: cfg.Engine.JS, log: cfg.Logger.With("component", "webhook"), met: met,
+		cfg: cfg, eng: cfg.Engine, js: cfg.Engine.JetStream(), log: cfg.Logger.With("component", "webhook"), met: met,
 		guard: g, client: client, transport: tr,
 		stores: map[string]viewStore{}, where: map[string]string{}, workers: map[string]context.CancelFunc{},
 	}, nil
