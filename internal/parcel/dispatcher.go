@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -244,6 +245,28 @@ func vendorStoreIsName(id hub.Identity) hub.Identity {
 // race.
 const maxTries = 8
 
+// winnerInFlight waits before the try+1st attempt at a transition whose
+// write lost a race to a write that a read of the order does not show yet:
+// 1, 2, 4 … 64 ms, less up to a quarter at random. On a cluster the stream
+// leader refuses a write that conflicts with one it has proposed and not
+// yet applied, while a read shows only what is applied: judged again at
+// once, the transition lost to the same write until its tries ran out
+// ("the order kept changing", test/cluster OrderRaceAcrossHubs). Waiting
+// lets the winner's write land, so the loser is judged against it and
+// refused by the rules.
+func winnerInFlight(ctx context.Context, try int) error {
+	d := time.Millisecond << min(try, 6)
+	d -= time.Duration(rand.Int64N(int64(d/4) + 1))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // onStore checks a client's order event and stores it (hub.StoreHook).
 func (d *Dispatcher) onStore(ctx context.Context, s hub.SessionInfo, topic string, payload []byte) (hub.Stored, error) {
 	tp, ok := SplitTopic(topic)
@@ -338,10 +361,17 @@ func (d *Dispatcher) firstSeq(ctx context.Context, store, id string) uint64 {
 // change applies a client's event to an existing order.
 func (d *Dispatcher) change(ctx context.Context, m move) (hub.Stored, error) {
 	fresh, attempted := false, ""
-	for range maxTries {
+	lost := uint64(0) // the sequence a write expected when it lost a race
+	for try := range maxTries {
 		cur, seq, err := d.store.last(ctx, m.p.OrderID, m.p.Store, fresh)
 		if err != nil && !errors.Is(err, errNoOrder) {
 			return hub.Stored{}, unavailable(err)
+		}
+		if lost != 0 && seq == lost {
+			if err := winnerInFlight(ctx, try); err != nil {
+				return hub.Stored{}, unavailable(err)
+			}
+			continue
 		}
 		if cur != nil && attempted != "" && cur.EventID == attempted {
 			// Our own write, stored by an attempt whose answer was lost.
@@ -376,7 +406,7 @@ func (d *Dispatcher) change(ctx context.Context, m move) (hub.Stored, error) {
 		newSeq, data, err := d.store.write(ctx, next, seq)
 		if errors.Is(err, errConflict) {
 			undo()
-			fresh, attempted = true, next.EventID
+			fresh, attempted, lost = true, next.EventID, seq
 			continue
 		}
 		if err != nil {
@@ -421,12 +451,19 @@ func (d *Dispatcher) onDeliver(ctx context.Context, s hub.SessionInfo, topic str
 	}
 	attempt := pickupAttempt(payload)
 	fresh := false
-	for range maxTries {
+	lost := uint64(0) // the sequence a write expected when it lost a race
+	for try := range maxTries {
 		cur, seq, err := d.store.last(ctx, tp.OrderID, tp.Store, fresh)
 		if err != nil && !errors.Is(err, errNoOrder) {
 			// Do not hand out an order whose holder cannot be recorded: the
 			// hub tries again later.
 			return unavailable(err)
+		}
+		if lost != 0 && seq == lost {
+			if err := winnerInFlight(ctx, try); err != nil {
+				return unavailable(err)
+			}
+			continue
 		}
 		next, what := assignment(cur, attempt, s.Name, d.host.HubName(), time.Now())
 		if what != handOut && !fresh {
@@ -444,7 +481,7 @@ func (d *Dispatcher) onDeliver(ctx context.Context, s hub.SessionInfo, topic str
 		}
 		if _, _, err := d.store.record(ctx, next, seq); err != nil {
 			if errors.Is(err, errConflict) {
-				fresh = true
+				fresh, lost = true, seq
 				continue
 			}
 			return unavailable(err)
