@@ -38,6 +38,7 @@ func runFlows(t *testing.T, r *rig) {
 		{"DurableOnceAcrossHubs", flowDurableOnce},
 		{"ParcelsVendorAToDriverB", flowParcelsVendorAToDriverB},
 		{"ParcelsAcrossHubs", flowParcels},
+		{"OrderRaceAcrossHubs", flowOrderRace},
 		{"FairDispatchAcrossHubs", flowFairDispatch},
 		{"ChatAcrossHubs", flowChat},
 		{"NATSNodeDiesMidRun", flowNodeDies},
