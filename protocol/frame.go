@@ -147,6 +147,24 @@ func (f *Frame) Append(dst []byte) []byte {
 // Encode returns f encoded in a new slice.
 func (f *Frame) Encode() []byte { return f.Append(make([]byte, 0, f.Size())) }
 
+// EncodeOwned is Encode that also points f's Topic, Key, Group and Payload
+// at their bytes in the encoding, as Parse of it would, so that f stays
+// valid as long as the encoding does, whatever becomes of the slices f was
+// built from. The fields are found from the end of the encoding (the
+// payload last, each field after its length), without parsing it again.
+func (f *Frame) EncodeOwned() []byte {
+	b := f.Encode()
+	end := len(b)
+	f.Payload = b[end-len(f.Payload) : end : end]
+	end -= len(f.Payload)
+	f.Group = b[end-len(f.Group) : end : end]
+	end -= len(f.Group) + uvarintLen(uint64(len(f.Group)))
+	f.Key = b[end-len(f.Key) : end : end]
+	end -= len(f.Key) + uvarintLen(uint64(len(f.Key)))
+	f.Topic = b[end-len(f.Topic) : end : end]
+	return b
+}
+
 // Parse decodes one complete frame body (the bytes after the length prefix)
 // into f without allocating. The slices in f alias body.
 func (f *Frame) Parse(body []byte) error {

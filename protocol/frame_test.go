@@ -145,6 +145,36 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// EncodeOwned encodes as Encode does and leaves f's fields pointing at the
+// very bytes Parse of the encoding would.
+func TestEncodeOwned(t *testing.T) {
+	long := protocol.Frame{Op: protocol.OpMsg, ID: 300, Seq: 1 << 40, Topic: bytes.Repeat([]byte("t"), 200),
+		Key: bytes.Repeat([]byte("k"), 130), Group: bytes.Repeat([]byte("g"), 129), Payload: bytes.Repeat([]byte("p"), 70000)}
+	for _, f := range append(sampleFrames(), long) {
+		want := f.Encode()
+		src := f
+		enc := f.EncodeOwned()
+		if !bytes.Equal(enc, want) {
+			t.Fatalf("%v: EncodeOwned differs from Encode", &src)
+		}
+		var p protocol.Frame
+		if err := p.Parse(enc[protocol.HeaderLen:]); err != nil {
+			t.Fatalf("%v: Parse: %v", &src, err)
+		}
+		for _, fl := range []struct {
+			name      string
+			got, want []byte
+		}{{"topic", f.Topic, p.Topic}, {"key", f.Key, p.Key}, {"group", f.Group, p.Group}, {"payload", f.Payload, p.Payload}} {
+			if len(fl.got) != len(fl.want) || (len(fl.got) > 0 && &fl.got[0] != &fl.want[0]) {
+				t.Errorf("%v: %s is not the encoding's bytes", &src, fl.name)
+			}
+			if cap(fl.got) != len(fl.got) {
+				t.Errorf("%v: %s has spare capacity %d", &src, fl.name, cap(fl.got)-len(fl.got))
+			}
+		}
+	}
+}
+
 func TestDecodeRest(t *testing.T) {
 	fs := sampleFrames()
 	buf := encodeAll(fs)
