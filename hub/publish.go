@@ -75,10 +75,10 @@ func (h *Hub) publish(ctx context.Context, topic, key, payload []byte) (uint64, 
 // requireStored refuses a live topic; lm is the publishing session's cache
 // of local subscriptions (nil: none).
 func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, requireStored bool, lm *localMatches) (uint64, error) {
-	if !h.EngineReady() {
-		return 0, Reject(protocol.CodeUnavailable, "the engine is unavailable; nothing was stored, retry later")
-	}
 	if h.streamFor(topic) != "" {
+		if !h.EngineReady() {
+			return 0, engineUnavailable()
+		}
 		m := engineMsg(topic, key, payload)
 		ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		defer cancel()
@@ -97,11 +97,25 @@ func (h *Hub) publishChecked(ctx context.Context, topic, key, payload []byte, re
 	if requireStored {
 		return 0, Reject(protocol.CodeBadRequest, fmt.Sprintf("topic %q is not stored", topic))
 	}
-	if err := h.publishLive(topic, key, payload, lm); err != nil {
+	// A live publish that goes to the engine needs it connected; one that
+	// only this hub's subscribers can want (router.needsEngine) is refused
+	// only while the hub knows its engine is down (engineOK, kept by the
+	// connection's handlers): asking both engine connections takes their
+	// locks, 3 % of the pubsub scenario's CPU.
+	toEngine := h.router.needsEngine(topic)
+	if !h.engineOK.Load() || (toEngine && !h.EngineReady()) {
+		return 0, engineUnavailable()
+	}
+	if err := h.publishLive(topic, key, payload, lm, toEngine); err != nil {
 		return 0, Reject(protocol.CodeUnavailable, fmt.Sprintf("publish %s: %v", topic, err))
 	}
 	h.metrics.observePublish(false, 0)
 	return 0, nil
+}
+
+// engineUnavailable refuses a publish while the engine is unreachable.
+func engineUnavailable() error {
+	return Reject(protocol.CodeUnavailable, "the engine is unavailable; nothing was stored, retry later")
 }
 
 // storeError names why the engine did not store a message: a limit of its
@@ -129,14 +143,15 @@ func engineMsg(topic, key, payload []byte) *nats.Msg {
 // then to this hub's own subscribers directly (router.deliverLocal). The
 // engine first: a publish it refuses reaches nobody, so a client that
 // retries after the error does not deliver twice. When no one but this hub
-// can listen on the engine, the engine is skipped (router.needsEngine).
+// can listen on the engine, the engine is skipped (toEngine false:
+// router.needsEngine).
 //
 // The engine publish does not allocate: the subject is built in a buffer on
 // the stack and lent to nats.go as a string, which it copies into its
 // outbound buffer before returning. A message id needs a header, and so a
 // nats.Msg.
-func (h *Hub) publishLive(topic, key, payload []byte, lm *localMatches) error {
-	if h.router.needsEngine(topic) {
+func (h *Hub) publishLive(topic, key, payload []byte, lm *localMatches, toEngine bool) error {
+	if toEngine {
 		var err error
 		if len(key) > 0 {
 			err = h.eng.Live.PublishMsg(engineMsg(topic, key, payload))
