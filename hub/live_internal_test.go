@@ -142,3 +142,23 @@ func TestLocalMatchesFollowSubscriptions(t *testing.T) {
 	expect(a)
 	expect(b, "5")
 }
+
+// A publishing session's memory of whether its last topic is stored
+// (publishesStored) follows the topic it publishes to, and keeps its own
+// copy of it: the read loop reuses the buffer the topic came in.
+func TestPublishesStoredFollowsTheTopic(t *testing.T) {
+	h := New(Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "stored-cache-test",
+		Logger: slog.New(slog.DiscardHandler)})
+	h.addStored("S", []string{"st.>"})
+	s := &Session{hub: h}
+	buf := []byte("st.a")
+	for i, c := range []struct {
+		topic  string
+		stored bool
+	}{{"st.a", true}, {"st.a", true}, {"lv.a", false}, {"lv.a", false}, {"st.b", true}, {"lv.b", false}} {
+		buf = append(buf[:0], c.topic...) // the same buffer each time
+		if got := s.publishesStored(buf); got != c.stored {
+			t.Fatalf("publish %d to %s: stored %v, want %v", i, c.topic, got, c.stored)
+		}
+	}
+}

@@ -258,6 +258,9 @@ type localMatches struct {
 	gen   uint64 // router.plainGen when subs was found
 	topic []byte
 	subs  []*topicSub
+	// stored tells whether storedTopic is stored (Session.publishesStored).
+	storedTopic         []byte
+	stored, storedKnown bool
 }
 
 // maxLocalMatches bounds the matching subscriptions deliverLocal collects on
