@@ -35,3 +35,9 @@ func (x *Host) AuthenticateToken(token string) (Identity, error) {
 	}
 	return h.completeIdentity(id), nil
 }
+
+// OnHTTPShutdown registers fn to run when the hub's HTTP server begins to
+// shut down, for an app that holds responses open (server-sent events) to
+// end them: the shutdown waits for every response in progress. Call it
+// from Setup.
+func (x *Host) OnHTTPShutdown(fn func()) { x.h.httpShutdown = append(x.h.httpShutdown, fn) }

@@ -48,6 +48,7 @@ type Hub struct {
 	orderKeys       []orderKeyHook           // hub/pipeline.go
 	workers         *workers                 // hub/workers.go: run the pipeline's tasks
 	loadHooks       []patternHook[LoadHook]  // hub/dispatch.go
+	httpShutdown    []func()                 // hub/httpauth.go
 	deliverHooks    []patternHook[DeliverHook]
 	subHooks        []patternHook[SubscribeHook]
 	unsubHooks      []patternHook[UnsubscribeHook]
@@ -327,6 +328,9 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 			MaxHeaderBytes:    16 << 10,
 			// Accept errors (EMFILE…) are logged by http.Server, which backs off.
 			ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
+		}
+		for _, fn := range h.httpShutdown {
+			srv.RegisterOnShutdown(fn)
 		}
 		h.run.httpSrv = srv
 		go func() {

@@ -169,6 +169,7 @@ under --data; with --nats it joins an external NATS cluster instead.`,
 	f.StringVar(&apiCfg.PublicURL, "public-url", "", "the HTTP port's URL as customers reach it (https://track.example.com), for the orders' trackingURL (default: the scheme and host of each API request)")
 	f.Float64Var(&apiCfg.AddrRate, "api-rate", 20, "API requests per second from one IP address (bursts of twice that)")
 	f.Float64Var(&apiCfg.TokenRate, "api-token-rate", 50, "API requests per second made with one token (bursts of twice that)")
+	f.Float64Var(&apiCfg.TrackRate, "track-rate", 5, "tracking page requests per second from one IP address (bursts of 20)")
 	// Webhooks (docs/API.md, Webhooks).
 	f.DurationVar(&apiCfg.Webhooks.RetryWindow, "webhook-retry-window", webhook.DefaultRetryWindow, "how long a webhook delivery is retried, and how long an endpoint may fail before it is disabled")
 	f.DurationVar(&apiCfg.Webhooks.BackoffBase, "webhook-backoff", webhook.DefaultBackoffBase, "wait before a webhook delivery's first retry; each further one waits twice as long, up to --webhook-backoff-max (±20 % jitter)")

@@ -59,6 +59,10 @@ type Config struct {
 	// MaxBodyBytes bounds a request body (default 16 KiB; an order's fields
 	// take at most some 1.5 KB).
 	MaxBodyBytes int64
+	// TrackRate and TrackBurst bound the tracking page's requests of one
+	// remote address per second (defaults 5 and 20).
+	TrackRate  float64
+	TrackBurst int
 	// Webhooks configures the order webhooks' delivery (retry window,
 	// allowed http hosts…); Engine, Source, Registerer, Logger, HubName
 	// and EventTypes are set by the API.
@@ -78,6 +82,12 @@ func (c *Config) defaults() {
 	if c.TokenBurst <= 0 {
 		c.TokenBurst = 2 * int(math.Ceil(c.TokenRate))
 	}
+	if c.TrackRate <= 0 {
+		c.TrackRate = 5
+	}
+	if c.TrackBurst <= 0 {
+		c.TrackBurst = 20
+	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = 16 << 10
 	}
@@ -93,14 +103,22 @@ type API struct {
 	byAddr *keyedLimiter
 	byTok  *keyedLimiter
 	hooks  *webhook.Service
+	// The tracking page's.
+	byTrack *keyedLimiter
+	streams streamCount
+	// stopping ends when the hub's HTTP server begins to shut down: the
+	// tracking page's event streams end then.
+	stopping context.Context
 }
 
 // New returns the API; add it to hub.Config.Apps after cfg.Orders.
 func New(cfg Config) *API {
 	cfg.defaults()
 	return &API{cfg: cfg,
-		byAddr: newKeyedLimiter(cfg.AddrRate, cfg.AddrBurst, maxLimiterKeys),
-		byTok:  newKeyedLimiter(cfg.TokenRate, cfg.TokenBurst, maxLimiterKeys)}
+		byAddr:  newKeyedLimiter(cfg.AddrRate, cfg.AddrBurst, maxLimiterKeys),
+		byTok:   newKeyedLimiter(cfg.TokenRate, cfg.TokenBurst, maxLimiterKeys),
+		byTrack: newKeyedLimiter(cfg.TrackRate, cfg.TrackBurst, maxLimiterKeys),
+		streams: streamCount{byAddr: map[string]int{}}}
 }
 
 // Setup registers the routes on the hub's HTTP server.
@@ -109,6 +127,10 @@ func (a *API) Setup(ctx context.Context, h *hub.Host) error {
 		return errors.New("api: Config.Orders is required")
 	}
 	a.host = h
+	stopping, stop := context.WithCancel(context.WithoutCancel(ctx))
+	a.stopping = stopping
+	h.OnHTTPShutdown(stop)
+	context.AfterFunc(ctx, stop)
 	if err := a.startWebhooks(ctx, h); err != nil {
 		return err
 	}
@@ -134,6 +156,7 @@ func (a *API) register(mux *http.ServeMux) {
 	api.UseMiddleware(a.guard(api))
 	a.registerOrders(api)
 	a.registerWebhooks(api)
+	a.registerTracking(mux)
 
 	spec, err := json.Marshal(api.OpenAPI())
 	if err != nil {

@@ -25,8 +25,15 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, hubtest.LeakOptions()...)
+	goleak.VerifyTestMain(m, append(hubtest.LeakOptions(),
+		// chromedp's allocator reaps the browser process in the background.
+		goleak.IgnoreAnyFunction("github.com/chromedp/chromedp.(*ExecAllocator).Allocate.func2"),
+	)...)
 }
+
+// wait bounds how long a browser test waits for something that should
+// happen soon.
+const wait = 30 * time.Second
 
 // testHub is a real hub (embedded engine in a temporary directory, real
 // loopback ports) with the parcel dispatcher and the API, and the tokens

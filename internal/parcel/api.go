@@ -193,3 +193,7 @@ func secretsReadErr(err error) error {
 	}
 	return unavailable(err)
 }
+
+// OrderTopics is the topic pattern of every event of store's order id: a
+// subscription to it hears of that order and of no other.
+func OrderTopics(store, id string) string { return orderPattern(store, id) }
