@@ -23,7 +23,8 @@ engine in a temporary directory, --vendors vendors, --drivers drivers and a
 logger, each on its own connection over loopback TCP. It prints the live flow
 (the VENDOR and DRIVER lines), then a summary: orders posted, delivered, lost,
 duplicates, and the time from pickup to delivered (p50, p99). It exits 0 only
-if every order was delivered exactly once.
+if every order was delivered exactly once (with --fail-rate: delivered
+or returned to its store exactly once).
 
 --orders is the total across all vendors. At the classroom's pace (the
 defaults) 10 orders take about half a minute; for a quick run:
@@ -58,6 +59,8 @@ defaults) 10 orders take about half a minute; for a quick run:
 	f.DurationVar(&cfg.PickupDelay, "pickup-delay", time.Second, "a driver's time from pickup to in-transit")
 	f.DurationVar(&cfg.DeliverDelay, "deliver-delay", 3*time.Second, "a driver's time from in-transit to delivered")
 	f.IntVar(&cfg.Capacity, "capacity", 5, "orders each driver carries at once")
+	f.Float64Var(&cfg.FailRate, "fail-rate", 0, "share of delivery attempts the drivers fail (0 to 1): failed orders are offered again, returned after --max-attempts")
+	f.IntVar(&cfg.MaxAttempts, "max-attempts", 3, "delivery attempts of an order before it is returned")
 	f.DurationVar(&cfg.Timeout, "timeout", 0, "give up after this long (default: enough for the orders at this pace, plus a minute)")
 	f.StringVar(&cfg.HTTPAddr, "http", "off", `HTTP address for the dashboard and metrics, e.g. 127.0.0.1:8080 ("off" serves none)`)
 	f.BoolVar(&cfg.Events, "events", false, "print the hub's EVENT lines too")

@@ -36,6 +36,7 @@ func main() {
 		newDriverCmd(),
 		newLoggerCmd(),
 		newTrackCmd(),
+		newOrderCmd(),
 		newDemoCmd(),
 		newMigrateCmd(),
 	)

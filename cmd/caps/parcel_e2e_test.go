@@ -317,3 +317,32 @@ func TestDemoCommand(t *testing.T) {
 		t.Errorf("%d driver delivered lines, want 20", n)
 	}
 }
+
+// TestDemoFailRate: with --fail-rate the demo's drivers fail attempts, the
+// hub offers failed orders again and they are returned after their last
+// attempt; the summary counts each outcome, and the demo still exits 0
+// when every order was delivered or returned exactly once.
+func TestDemoFailRate(t *testing.T) {
+	bin := buildCaps(t)
+	p := startProcess(t, bin, "demo", "--orders", "16", "--interval", "20ms", "--pickup-delay", "10ms", "--deliver-delay", "20ms",
+		"--fail-rate", "0.6", "--max-attempts", "2")
+	if err := p.waitExit(t, 120*time.Second); err != nil {
+		t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, strings.Join(p.out.all(), "\n"), strings.Join(p.errs.all(), "\n"))
+	}
+	if s := p.out.waitFor(t, "DEMO: posted", time.Second); !strings.Contains(s, "posted 16, ") || !strings.Contains(s, "lost 0, duplicates 0") {
+		t.Errorf("summary %q", s)
+	}
+	var delivered, returned, failed int
+	line := p.out.waitFor(t, "DEMO: outcomes:", time.Second)
+	if _, err := fmt.Sscanf(line, "DEMO: outcomes: delivered %d, returned %d; failed attempts %d", &delivered, &returned, &failed); err != nil {
+		t.Fatalf("outcomes %q: %v", line, err)
+	}
+	// At 60 % per attempt, 16 orders with none failing, or none returned
+	// (0.36 each), are each below one chance in a thousand.
+	if delivered+returned != 16 || failed == 0 || returned == 0 || failed < returned*2 {
+		t.Errorf("outcomes %q", line)
+	}
+	if n := countLines(p.out.all(), "]: Thank you for delivering "); n != delivered {
+		t.Errorf("%d thank-you lines, want %d", n, delivered)
+	}
+}

@@ -28,6 +28,12 @@ type DemoConfig struct {
 	Interval, PickupDelay, DeliverDelay time.Duration
 	// Capacity of each driver (default 5).
 	Capacity int
+	// FailRate is the share of delivery attempts the drivers fail (0 to 1):
+	// failed orders are offered again, and returned after their last
+	// attempt, so the demo shows every path.
+	FailRate float64
+	// MaxAttempts bounds each order's delivery attempts (default 3).
+	MaxAttempts int
 	// Timeout ends a demo that has not finished (0: enough for the orders
 	// at the pace asked for, plus a minute).
 	Timeout time.Duration
@@ -49,17 +55,22 @@ type DemoConfig struct {
 
 // DemoSummary is the outcome of a demo.
 type DemoSummary struct {
-	Posted     int // orders the hub accepted
-	Delivered  int // orders delivered and thanked for
-	Lost       int // posted but never delivered
-	Duplicates int // deliveries or thank-yous beyond the first for an order
-	P50, P99   time.Duration
-	Took       time.Duration
+	Posted    int // orders the hub accepted
+	Delivered int // orders delivered and thanked for
+	// Returned orders failed on every attempt and went back to the store.
+	Returned int
+	// FailedAttempts counts the failed delivery attempts of every order.
+	FailedAttempts int
+	Lost           int // posted but neither delivered nor returned
+	Duplicates     int // deliveries or thank-yous beyond the first for an order
+	P50, P99       time.Duration
+	Took           time.Duration
 }
 
-// OK reports whether every order was delivered exactly once.
+// OK reports whether every order was delivered (or, after failed attempts,
+// returned) exactly once.
 func (s DemoSummary) OK() bool {
-	return s.Posted > 0 && s.Delivered == s.Posted && s.Lost == 0 && s.Duplicates == 0
+	return s.Posted > 0 && s.Delivered+s.Returned == s.Posted && s.Lost == 0 && s.Duplicates == 0
 }
 
 var (
@@ -90,7 +101,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	}
 	defer os.RemoveAll(dir)
 
-	disp := NewDispatcher(Options{})
+	disp := NewDispatcher(Options{MaxAttempts: cfg.MaxAttempts})
 	h, err := startDemoHub(ctx, cfg, dir, out, disp)
 	if err != nil {
 		return DemoSummary{}, err
@@ -112,6 +123,12 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	if err := run.startListeners(logPath); err != nil {
 		return DemoSummary{}, err
 	}
+	if cfg.FailRate > 0 {
+		// A returned order is never thanked for: its vendor would wait for
+		// it to the end. The demo ends the vendors once every order posted
+		// is finished.
+		go run.endWhenSettled(disp)
+	}
 	run.runVendors()
 	timedOut := errors.Is(run.ctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
 	run.stop()
@@ -126,6 +143,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	sum := summarize(ids, thanks, audit)
 	sum.Took = time.Since(start)
 	fmt.Fprintf(out, "DEMO: posted %d, delivered %d, lost %d, duplicates %d\n", sum.Posted, sum.Delivered, sum.Lost, sum.Duplicates)
+	fmt.Fprintf(out, "DEMO: outcomes: delivered %d, returned %d; failed attempts %d\n", sum.Delivered, sum.Returned, sum.FailedAttempts)
 	fmt.Fprintf(out, "DEMO: pickup→delivered p50 %s, p99 %s; %d orders in %s\n",
 		sum.P50.Round(time.Millisecond), sum.P99.Round(time.Millisecond), sum.Posted, sum.Took.Round(100*time.Millisecond))
 	return sum, demoVerdict(ctx, cfg, sum, errs, timedOut)
@@ -243,6 +261,7 @@ func (r *demoRun) startListeners(logPath string) error {
 		dc := DriverConfig{
 			ClientConfig: r.base, Name: demoName(demoDrivers, i, "driver"),
 			PickupDelay: r.cfg.PickupDelay, DeliverDelay: r.cfg.DeliverDelay, Capacity: r.cfg.Capacity,
+			FailRate: r.cfg.FailRate,
 		}
 		dc.OnReady = func() { ready <- struct{}{} }
 		r.listen(func(ctx context.Context) error { return RunDriver(ctx, dc) })
@@ -293,6 +312,40 @@ func (r *demoRun) runVendors() {
 	vendors.Wait()
 }
 
+// endWhenSettled ends the vendors once every order was posted and is
+// finished (delivered and thanked for, or returned), as the engine has it.
+func (r *demoRun) endWhenSettled(d *Dispatcher) {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		r.mu.Lock()
+		ids := slices.Collect(maps.Keys(r.posted))
+		thanked := maps.Clone(r.thanked)
+		r.mu.Unlock()
+		if len(ids) < r.cfg.Orders {
+			continue
+		}
+		a, err := d.Audit(r.ctx, ids)
+		if err != nil {
+			continue
+		}
+		settled := true
+		for _, id := range ids {
+			o := a.Orders[id]
+			settled = settled && o != nil && (o.Status == StatusReturned || (o.Status == StatusDelivered && thanked[id] > 0))
+		}
+		if settled {
+			r.cancel()
+			return
+		}
+	}
+}
+
 // stop ends every client and waits for them.
 func (r *demoRun) stop() {
 	r.stopListeners()
@@ -323,7 +376,7 @@ func demoVerdict(ctx context.Context, cfg DemoConfig, sum DemoSummary, errs []er
 	case len(errs) > 0:
 		return fmt.Errorf("demo: %w", errors.Join(errs...))
 	case timedOut:
-		return fmt.Errorf("demo: not finished after %s: %d of %d orders delivered", cfg.Timeout, sum.Delivered, cfg.Orders)
+		return fmt.Errorf("demo: not finished after %s: %d of %d orders delivered, %d returned", cfg.Timeout, sum.Delivered, cfg.Orders, sum.Returned)
 	case sum.Posted < cfg.Orders:
 		return fmt.Errorf("demo: only %d of %d orders were posted", sum.Posted, cfg.Orders)
 	case !sum.OK():
@@ -342,13 +395,25 @@ func summarize(ids []string, thanked map[string]int, a *Audit) DemoSummary {
 	for _, id := range ids {
 		o := a.Orders[id]
 		stored := a.Events[id][EventDelivered]
-		if o != nil && o.Status == StatusDelivered && stored > 0 && thanked[id] > 0 {
+		attempts := 1
+		switch {
+		case o == nil:
+		case o.Status == StatusDelivered && stored > 0 && thanked[id] > 0:
 			s.Delivered++
 			lat = append(lat, o.At(StatusDelivered).Sub(o.At(StatusCreated)))
+		case o.Status == StatusReturned && a.Events[id][EventReturned] > 0:
+			s.Returned++
 		}
-		s.Duplicates += max(0, stored-1) + max(0, thanked[id]-1) + max(0, a.Events[id][EventPickup]-1) + max(0, a.Events[id][EventInTransit]-1)
+		if o != nil {
+			attempts = max(o.Attempt, 1)
+		}
+		s.FailedAttempts += a.Events[id][EventFailed]
+		// One pickup and one in-transit per attempt (a failed attempt's
+		// order is offered again as a pickup).
+		s.Duplicates += max(0, stored-1) + max(0, thanked[id]-1) + max(0, a.Events[id][EventReturned]-1) +
+			max(0, a.Events[id][EventPickup]-attempts) + max(0, a.Events[id][EventInTransit]-attempts)
 	}
-	s.Lost = s.Posted - s.Delivered
+	s.Lost = s.Posted - s.Delivered - s.Returned
 	s.P50, s.P99 = percentile(lat, 50), percentile(lat, 99)
 	return s
 }
