@@ -61,6 +61,7 @@ defaults) 10 orders take about half a minute; for a quick run:
 	f.IntVar(&cfg.Capacity, "capacity", 5, "orders each driver carries at once")
 	f.Float64Var(&cfg.FailRate, "fail-rate", 0, "share of delivery attempts the drivers fail (0 to 1): failed orders are offered again, returned after --max-attempts")
 	f.IntVar(&cfg.MaxAttempts, "max-attempts", 3, "delivery attempts of an order before it is returned")
+	f.IntVar(&cfg.PINEvery, "pin-every", 4, "every Nth order of a vendor asks for proof of delivery: the simulated customer tells the driver its PIN (0: none)")
 	f.DurationVar(&cfg.Timeout, "timeout", 0, "give up after this long (default: enough for the orders at this pace, plus a minute)")
 	f.StringVar(&cfg.HTTPAddr, "http", "off", `HTTP address for the dashboard and metrics, e.g. 127.0.0.1:8080 ("off" serves none)`)
 	f.BoolVar(&cfg.Events, "events", false, "print the hub's EVENT lines too")

@@ -309,6 +309,11 @@ func TestDemoCommand(t *testing.T) {
 	if !strings.Contains(summary, "posted 20, delivered 20, lost 0, duplicates 0") {
 		t.Errorf("summary %q", summary)
 	}
+	// Every 4th order of each vendor (--pin-every 4) needs the customer's
+	// PIN, which the simulated customer gives the driver: delivered too.
+	if s := p.out.waitFor(t, "DEMO: outcomes:", time.Second); !strings.Contains(s, "delivered 20 (4 with the customer's PIN), returned 0; failed attempts 0") {
+		t.Errorf("outcomes %q", s)
+	}
 	p.out.waitFor(t, "p50", time.Second)
 	if n := countLines(out, "]: Thank you for delivering "); n != 20 {
 		t.Errorf("%d thank-you lines, want 20", n)
@@ -332,14 +337,15 @@ func TestDemoFailRate(t *testing.T) {
 	if s := p.out.waitFor(t, "DEMO: posted", time.Second); !strings.Contains(s, "posted 16, ") || !strings.Contains(s, "lost 0, duplicates 0") {
 		t.Errorf("summary %q", s)
 	}
-	var delivered, returned, failed int
+	var delivered, withPIN, returned, failed int
 	line := p.out.waitFor(t, "DEMO: outcomes:", time.Second)
-	if _, err := fmt.Sscanf(line, "DEMO: outcomes: delivered %d, returned %d; failed attempts %d", &delivered, &returned, &failed); err != nil {
+	if _, err := fmt.Sscanf(line, "DEMO: outcomes: delivered %d (%d with the customer's PIN), returned %d; failed attempts %d", &delivered, &withPIN, &returned, &failed); err != nil {
 		t.Fatalf("outcomes %q: %v", line, err)
 	}
 	// At 60 % per attempt, 16 orders with none failing, or none returned
 	// (0.36 each), are each below one chance in a thousand.
-	if delivered+returned != 16 || failed == 0 || returned == 0 || failed < returned*2 {
+	// Every 4th order of each vendor needs the PIN: 4 of the 16.
+	if delivered+returned != 16 || failed == 0 || returned == 0 || failed < returned*2 || withPIN > 4 {
 		t.Errorf("outcomes %q", line)
 	}
 	if n := countLines(p.out.all(), "]: Thank you for delivering "); n != delivered {

@@ -34,6 +34,11 @@ type DemoConfig struct {
 	FailRate float64
 	// MaxAttempts bounds each order's delivery attempts (default 3).
 	MaxAttempts int
+	// PINEvery asks for proof of delivery on every PINEvery-th order of
+	// each vendor (0: none). The simulated customer at the door tells the
+	// driver the PIN: the demo reads it where the store would (the order's
+	// secrets), never from the events drivers receive.
+	PINEvery int
 	// Timeout ends a demo that has not finished (0: enough for the orders
 	// at the pace asked for, plus a minute).
 	Timeout time.Duration
@@ -57,6 +62,8 @@ type DemoConfig struct {
 type DemoSummary struct {
 	Posted    int // orders the hub accepted
 	Delivered int // orders delivered and thanked for
+	// WithPIN counts the delivered orders that needed the customer's PIN.
+	WithPIN int
 	// Returned orders failed on every attempt and went back to the store.
 	Returned int
 	// FailedAttempts counts the failed delivery attempts of every order.
@@ -115,6 +122,13 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	}
 
 	run := newDemoRun(ctx, cfg, ClientConfig{Hub: []string{addr}, Out: out, Log: cfg.Log, Timeout: 30 * time.Second})
+	run.pin = func(ctx context.Context, id string) (string, error) {
+		s, err := disp.Secrets(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		return s.PIN, nil
+	}
 	defer run.stop()
 	logPath := cfg.EventLog
 	if logPath == "" {
@@ -143,7 +157,8 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (DemoSummary, error) {
 	sum := summarize(ids, thanks, audit)
 	sum.Took = time.Since(start)
 	fmt.Fprintf(out, "DEMO: posted %d, delivered %d, lost %d, duplicates %d\n", sum.Posted, sum.Delivered, sum.Lost, sum.Duplicates)
-	fmt.Fprintf(out, "DEMO: outcomes: delivered %d, returned %d; failed attempts %d\n", sum.Delivered, sum.Returned, sum.FailedAttempts)
+	fmt.Fprintf(out, "DEMO: outcomes: delivered %d (%d with the customer's PIN), returned %d; failed attempts %d\n",
+		sum.Delivered, sum.WithPIN, sum.Returned, sum.FailedAttempts)
 	fmt.Fprintf(out, "DEMO: pickup→delivered p50 %s, p99 %s; %d orders in %s\n",
 		sum.P50.Round(time.Millisecond), sum.P99.Round(time.Millisecond), sum.Posted, sum.Took.Round(100*time.Millisecond))
 	return sum, demoVerdict(ctx, cfg, sum, errs, timedOut)
@@ -219,6 +234,9 @@ type demoRun struct {
 	stopListeners context.CancelFunc
 	listeners     sync.WaitGroup
 
+	// pin is the customer at the door, telling the driver the PIN.
+	pin func(ctx context.Context, orderID string) (string, error)
+
 	mu      sync.Mutex
 	errs    []error
 	posted  map[string]time.Time
@@ -261,7 +279,7 @@ func (r *demoRun) startListeners(logPath string) error {
 		dc := DriverConfig{
 			ClientConfig: r.base, Name: demoName(demoDrivers, i, "driver"),
 			PickupDelay: r.cfg.PickupDelay, DeliverDelay: r.cfg.DeliverDelay, Capacity: r.cfg.Capacity,
-			FailRate: r.cfg.FailRate,
+			FailRate: r.cfg.FailRate, PIN: r.pin,
 		}
 		dc.OnReady = func() { ready <- struct{}{} }
 		r.listen(func(ctx context.Context) error { return RunDriver(ctx, dc) })
@@ -294,7 +312,7 @@ func (r *demoRun) runVendors() {
 		}
 		vc := VendorConfig{
 			ClientConfig: r.base, Store: demoName(demoStores, i, "store"),
-			Interval: r.cfg.Interval, Orders: n,
+			Interval: r.cfg.Interval, Orders: n, PINEvery: r.cfg.PINEvery,
 			OnPosted: func(p Parcel, at time.Time) {
 				r.mu.Lock()
 				r.posted[p.OrderID] = at
@@ -400,6 +418,9 @@ func summarize(ids []string, thanked map[string]int, a *Audit) DemoSummary {
 		case o == nil:
 		case o.Status == StatusDelivered && stored > 0 && thanked[id] > 0:
 			s.Delivered++
+			if o.RequirePIN {
+				s.WithPIN++
+			}
 			lat = append(lat, o.At(StatusDelivered).Sub(o.At(StatusCreated)))
 		case o.Status == StatusReturned && a.Events[id][EventReturned] > 0:
 			s.Returned++

@@ -24,6 +24,9 @@ type VendorConfig struct {
 	Orders int
 	// Faker makes the orders (default: a randomly seeded one).
 	Faker *Faker
+	// PINEvery asks for proof of delivery (requirePIN) on every PINEvery-th
+	// order (0: none).
+	PINEvery int
 	// OnPosted and OnThanked, when set, learn of each order stored by the
 	// hub and each delivery notification printed (the demo keeps score).
 	OnPosted  func(p Parcel, at time.Time)
@@ -156,12 +159,16 @@ func (v *vendor) post(ctx context.Context) error {
 
 func (v *vendor) postOne(ctx context.Context) error {
 	p := v.cfg.Faker.Order(v.cfg.Store)
+	v.mu.Lock()
+	n := v.posted + 1
+	v.mu.Unlock()
+	needPIN := v.cfg.PINEvery > 0 && n%v.cfg.PINEvery == 0
 	// Known as ours before it is posted: its notification may come back
 	// before the OK does.
 	v.mu.Lock()
 	v.mine[p.OrderID] = true
 	v.mu.Unlock()
-	payload := marshalEvent(Event{Parcel: p, Time: time.Now().UTC()})
+	payload := marshalEvent(Event{Parcel: p, RequirePIN: needPIN, Time: time.Now().UTC()})
 	err := v.s.publish(ctx, Topic(v.cfg.Store, p.OrderID, EventPickup, ""), payload, msgID(p.OrderID, EventPickup), v.cfg.Timeout)
 	if err != nil {
 		v.mu.Lock()
