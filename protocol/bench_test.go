@@ -156,3 +156,15 @@ func (c *oneByteCycle) Read(p []byte) (int, error) {
 	c.off = (c.off + 1) % len(c.buf)
 	return 1, nil
 }
+
+var validSink bool
+
+// BenchmarkValidTopic: the check every publish makes, in the client and in
+// the hub, on a topic like the bench's.
+func BenchmarkValidTopic(b *testing.B) {
+	t := []byte("bench.pubsub.r123456789.1")
+	b.ReportAllocs()
+	for b.Loop() {
+		validSink = protocol.ValidTopic(t)
+	}
+}

@@ -44,31 +44,35 @@ func validate(t []byte, wild bool) bool {
 		return false
 	}
 	tokStart := 0
-	for i := 0; i <= len(t); i++ {
-		if i < len(t) && t[i] != tokenSep {
-			c := t[i]
-			if c <= ' ' || c >= 0x7f || c == reservedStart {
+	for i, c := range t {
+		if c-'!' < 0x7f-'!' && (c >= 64 || notOrdinary>>c&1 == 0) {
+			continue // printable ASCII other than the four below: most bytes, one test
+		}
+		switch c {
+		case tokenSep:
+			if l := i - tokStart; l == 0 || l > maxTokenLen {
 				return false
 			}
-			if c == wildcardOne || c == wildcardTail {
-				// A wildcard must be a whole token.
-				if !wild || i != tokStart || (i+1 < len(t) && t[i+1] != tokenSep) {
-					return false
-				}
-				if c == wildcardTail && i+1 != len(t) {
-					return false
-				}
+			tokStart = i + 1
+		case wildcardOne, wildcardTail:
+			// A wildcard must be a whole token.
+			if !wild || i != tokStart || (i+1 < len(t) && t[i+1] != tokenSep) {
+				return false
 			}
-			continue
+			if c == wildcardTail && i+1 != len(t) {
+				return false
+			}
+		default:
+			return false // a control byte, space, DEL, non-ASCII or reservedStart
 		}
-		l := i - tokStart
-		if l == 0 || l > maxTokenLen {
-			return false
-		}
-		tokStart = i + 1
 	}
-	return true
+	l := len(t) - tokStart
+	return l > 0 && l <= maxTokenLen
 }
+
+// notOrdinary has a bit set for each printable byte below 64 that a topic
+// token may not simply contain (validate).
+const notOrdinary uint64 = 1<<tokenSep | 1<<wildcardOne | 1<<wildcardTail | 1<<reservedStart
 
 // HasWildcard reports whether the (valid) pattern p contains a wildcard token.
 func HasWildcard(p []byte) bool {
