@@ -260,3 +260,43 @@ func TestLiveDeliveryCarriesTheClientsID(t *testing.T) {
 		t.Fatalf("got %s, want MSG with key k-1", m)
 	}
 }
+
+// caps_deliveries_total counts each message queued to a subscriber once,
+// whichever way it reached the subscription: a live publish with two plain
+// subscribers on the publisher's hub (delivered by the hub) and a queue
+// group of two (delivered through the engine, which picks the member) is
+// three deliveries, as before local delivery.
+func TestLiveDeliveriesCountedOnce(t *testing.T) {
+	h := startHub(t, nil)
+	var subs []*rawConn
+	for i, group := range []string{"", "", "g", "g"} {
+		c := dialRaw(t, h)
+		c.hello("client", fmt.Sprintf("s%d", i))
+		c.expect(&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("live.m"), Group: []byte(group)}, protocol.OpOK, "")
+		subs = append(subs, c)
+	}
+	base := metric(t, h, "caps_deliveries_total")
+	pub := dialRaw(t, h)
+	pub.hello("client", "pub")
+	const n = 20
+	for i := range n {
+		pub.expect(&protocol.Frame{Op: protocol.OpPub, ID: uint64(i + 1), Topic: []byte("live.m"), Payload: []byte(strconv.Itoa(i))}, protocol.OpOK, "")
+	}
+	waitMetric(t, h, base+3*n, "caps_deliveries_total")
+	// What each subscriber got, up to the PONG answering a PING sent now.
+	got := make([]int, len(subs))
+	for i, c := range subs {
+		c.send(&protocol.Frame{Op: protocol.OpPing})
+		for f := c.nextOp(); f.Op != protocol.OpPong; f = c.nextOp() {
+			if f.Op == protocol.OpMsg {
+				got[i]++
+			}
+		}
+	}
+	if got[0] != n || got[1] != n || got[2]+got[3] != n {
+		t.Fatalf("plain subscribers got %d and %d, the group %d+%d; want %d each and %d in all", got[0], got[1], got[2], got[3], n, n)
+	}
+	if d := metric(t, h, "caps_deliveries_total") - base; d != 3*n {
+		t.Fatalf("caps_deliveries_total grew by %v, want %d", d, 3*n)
+	}
+}
