@@ -355,6 +355,9 @@ func TestHostileRequests(t *testing.T) {
 	want(t, "control characters", th.do("POST", "/api/v1/orders", "rosa", map[string]any{"customer": "x\u0000y", "address": "y"}), 422, protocol.CodeRejected, parcel.RuleBadField)
 	want(t, "not JSON", th.do("POST", "/api/v1/orders", "rosa", []byte(`{"customer":`)), 400, protocol.CodeBadRequest)
 	want(t, "an unknown path", th.do("GET", "/api/v1/admin", "rosa", nil), 404, protocol.CodeNotFound)
+	if r := th.do("GET", "/api/v1/orders", "rosa", nil, "X-Flood", strings.Repeat("h", 64<<10)); r.status != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a 64 KiB header: %d", r.status)
+	}
 	if list := th.do("GET", "/api/v1/orders", "rosa", nil); len(list.body["items"].([]any)) != 0 {
 		t.Errorf("refused requests stored orders: %s", list.raw)
 	}

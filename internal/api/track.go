@@ -171,7 +171,10 @@ func (a *API) trackEvents(w http.ResponseWriter, r *http.Request) {
 	defer sub.Unsubscribe()
 
 	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{}) // a stream outlives the hub's request timeout
+	// A stream outlives the hub's request timeout: neither deadline may end
+	// it (a read deadline passing would end the request's context too).
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetReadDeadline(time.Time{})
 	pageHeaders(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	ctx, cancel := context.WithTimeout(r.Context(), streamLife)

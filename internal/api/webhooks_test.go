@@ -320,3 +320,27 @@ func TestWebhookEndpointsScoped(t *testing.T) {
 	want(t, "delete", th.do("DELETE", "/api/v1/webhooks/"+theirs, "bruno", nil), 204)
 	want(t, "get after delete", th.do("GET", "/api/v1/webhooks/"+theirs, "bruno", nil), 404, protocol.CodeNotFound)
 }
+
+// TestFailingEndpointIsDisabledAndShownSo: an endpoint that fails for
+// longer than the retry window is disabled, shown as such (enabled false,
+// the reason), and can be enabled again.
+func TestFailingEndpointIsDisabledAndShownSo(t *testing.T) {
+	timings := webhookTimings()
+	timings.RetryWindow = time.Second
+	th := startHub(t, hubOpts{api: api.Config{Webhooks: timings, AddrRate: 1000, TokenRate: 1000}})
+	dead := newReceiver(t)
+	id := th.register("rosa", dead)
+	dead.fail.Store(1 << 30)
+	th.create("rosa", newOrder("Nobody listens"))
+	hubtest.Eventually(t, 20*time.Second, "the endpoint disabled", func() error {
+		ep := th.do("GET", "/api/v1/webhooks/"+id, "rosa", nil)
+		if ep.body["enabled"] != false || !strings.Contains(ep.str("disabledReason"), "retry window") || ep.str("disabledAt") == "" {
+			return fmt.Errorf("%s", ep.raw)
+		}
+		return nil
+	})
+	again := th.do("POST", "/api/v1/webhooks/"+id+"/enable", "rosa", nil)
+	if again.status != 200 || again.body["enabled"] != true {
+		t.Errorf("enable: %s", again.raw)
+	}
+}

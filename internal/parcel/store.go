@@ -166,12 +166,32 @@ func (s *orderStore) writeWith(ctx context.Context, store func(context.Context, 
 	}
 	m := &nats.Msg{Subject: engine.Subject(topicOf(r)), Data: data, Header: h}
 	ack, err := store(ctx, m)
+	for wait := 10 * time.Millisecond; inProcess(err) && wait < time.Second; wait *= 2 {
+		// A clustered stream is storing the very same event for someone
+		// else right now: once it has, this write meets it (a duplicate, or
+		// a wrong last sequence) and the caller judges again.
+		select {
+		case <-ctx.Done():
+			return 0, nil, fmt.Errorf("store %s of order %s: %w", r.Event, r.OrderID, err)
+		case <-time.After(wait):
+		}
+		ack, err = store(ctx, m)
+	}
 	if err != nil {
 		if isConflict(err) {
 			s.cache.drop(r.OrderID)
 			return 0, nil, errConflict
 		}
 		return 0, nil, fmt.Errorf("store %s of order %s: %w", r.Event, r.OrderID, err)
+	}
+	if ack.Duplicate {
+		// The engine holds this very event already: the same transition
+		// from the same state, written by another hub or session (a
+		// clustered stream checks the message id before the expected
+		// sequence). Not this write's doing: the caller reads the order and
+		// judges again (a retry of its own is recognised there).
+		s.cache.drop(r.OrderID)
+		return 0, nil, errConflict
 	}
 	s.cache.put(r.OrderID, r, ack.Sequence)
 	if r.Event == EventPickup && r.Attempt == 1 {
@@ -254,6 +274,17 @@ func storedSize(m *nats.Msg) int64 {
 }
 
 // isConflict reports whether a conditional store lost its race.
+// jsErrDuplicateInProcess is JetStream's "duplicate message id is in
+// process" (a clustered stream proposing the same message id meanwhile).
+const jsErrDuplicateInProcess = 10158
+
+// inProcess reports whether err is a write of a message id a clustered
+// stream is storing at this moment.
+func inProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrDuplicateInProcess
+}
+
 func isConflict(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
