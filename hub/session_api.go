@@ -117,24 +117,38 @@ func (s *Session) subscribe(ctx context.Context, sb subRequest, accepted func(si
 		h.identSubs.give(s.identKey, 1)
 	}
 	s.subMu.Unlock()
-	if accepted != nil {
-		accepted(ts.sid)
-	}
-	if sb.History > 0 {
-		// History (after the answer, so it carries the sid) and then live:
-		// a newcomer sees the conversation in order, with no gap between.
-		err := h.subscribeWithHistory(s, ts, func() (map[string]bool, error) {
-			hctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
-			defer cancel()
-			return h.sendHistory(hctx, s, sb.Pattern, sb.History, ts.sid)
-		})
-		if err != nil {
-			code, text := errCode(err, protocol.CodeInternal)
-			s.notify(code, text)
+	if sb.History == 0 {
+		// Joined before the answer, with the session's deliveries on the
+		// subscription held until the answer is queued: a message published
+		// once the client has its OK reaches it (answered before the join,
+		// a publish right after the OK could find it not yet a member, and
+		// does since live messages are delivered straight from the
+		// publisher's hub), and no MSG arrives before the OK naming its sid.
+		s.hist.start(ts.sid)
+		h.router.join(ts, s)
+		if accepted != nil {
+			accepted(ts.sid)
+		}
+		frames, _ := s.hist.release(ts.sid, nil)
+		for i := range frames {
+			s.deliverNow(frames[i].frame, &frames[i].f)
 		}
 		return ts.sid, nil
 	}
-	h.router.join(ts, s)
+	if accepted != nil {
+		accepted(ts.sid)
+	}
+	// History (after the answer, so it carries the sid) and then live:
+	// a newcomer sees the conversation in order, with no gap between.
+	err = h.subscribeWithHistory(s, ts, func() (map[string]bool, error) {
+		hctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
+		defer cancel()
+		return h.sendHistory(hctx, s, sb.Pattern, sb.History, ts.sid)
+	})
+	if err != nil {
+		code, text := errCode(err, protocol.CodeInternal)
+		s.notify(code, text)
+	}
 	return ts.sid, nil
 }
 
