@@ -95,7 +95,9 @@ func TestHTTPOrderIsTheTCPOrder(t *testing.T) {
 	dora := th.driver("dora")
 	o := th.create("rosa", map[string]any{"customer": "Ada", "address": "12 Analytical Row", "phone": "+44 20 7946 0000", "note": "ring twice"})
 	id := o.str("orderID")
-	if o.str("status") != "created" || o.str("store") != "rosa" || o.header.Get("Location") != "/api/v1/orders/"+id ||
+	// The answer shows the order as it is when read back: dora, idle in
+	// the queue, may have been handed it already.
+	if st := o.str("status"); (st != "created" && st != "assigned") || o.str("store") != "rosa" || o.header.Get("Location") != "/api/v1/orders/"+id ||
 		!strings.HasPrefix(o.str("trackingURL"), th.base+api.TrackPath) || strings.Contains(o.str("trackingURL"), id) || o.str("pin") != "" {
 		t.Fatalf("created: %s %v", o.raw, o.header)
 	}
