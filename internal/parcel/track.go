@@ -88,7 +88,15 @@ func WriteTimeline(w io.Writer, o *Order) error {
 		} else {
 			when += fmt.Sprintf(" (+%s)", st.Time.Sub(start).Round(time.Millisecond))
 		}
-		fmt.Fprintf(steps, "%s\t%s\t%s\t%s\n", when, st.Status, st.By, st.Hub)
+		status := string(st.Status)
+		if st.Reason != "" { // a failed attempt says why
+			status += " (" + st.Reason
+			if st.Detail != "" {
+				status += ": " + st.Detail
+			}
+			status += ")"
+		}
+		fmt.Fprintf(steps, "%s\t%s\t%s\t%s\n", when, status, st.By, st.Hub)
 	}
 	return steps.Flush()
 }
