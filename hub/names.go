@@ -100,14 +100,21 @@ func (h *Hub) setupNames(ctx context.Context) error {
 	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
-	if _, err := secrets.Create(ctx, "resume-key", key); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("resume key: %w", err)
-	}
-	e, err := secrets.Get(ctx, "resume-key") // ours, or the one another hub made first
+	// Retried while a cluster elects the new bucket's leader.
+	err = engine.Retry(ctx, func(ctx context.Context) error {
+		if _, err := secrets.Create(ctx, "resume-key", key); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return err
+		}
+		e, err := secrets.Get(ctx, "resume-key") // ours, or the one another hub made first
+		if err != nil {
+			return err
+		}
+		h.names.key = e.Value()
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("resume key: %w", err)
 	}
-	h.names.key = e.Value()
 	return nil
 }
 

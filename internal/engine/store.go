@@ -361,6 +361,30 @@ func (e *Engine) PublishStored(ctx context.Context, m *nats.Msg) (*jetstream.Pub
 	}
 }
 
+// Retry runs op until it succeeds, fails for a reason waiting cannot fix
+// (storeRetryable says which may pass), or ctx ends; each attempt has 5 s.
+// For the first reads and writes of a stream or bucket just created, which
+// a cluster answers "no response from stream" while it elects the new
+// stream's leader (a hub starting beside others failed so: "resume key: no
+// response from stream").
+func Retry(ctx context.Context, op func(context.Context) error) error {
+	wait := 50 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := op(actx)
+		cancel()
+		if err == nil || !storeRetryable(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (gave up waiting: %w)", err, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
 // storeRetryable: the attempt got no answer (timeout), or no stream leader
 // took it (no responders while one is elected), or the connection was moving.
 func storeRetryable(err error) bool {
