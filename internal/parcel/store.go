@@ -57,6 +57,33 @@ type orderStore struct {
 	// since. New orders are refused on it, so that the orders accepted can
 	// always finish, however fast new ones arrive.
 	committed atomic.Int64
+	// reserved counts, ever growing, the bytes reserved for orders this hub
+	// accepted: a measurement keeps those reserved while it ran
+	// (setMeasured), which its reading of the engine may not include.
+	reserved atomic.Int64
+}
+
+// reserve holds n bytes of the store for an order just accepted.
+func (s *orderStore) reserve(n int64) {
+	s.reserved.Add(n)
+	s.committed.Add(n)
+}
+
+// setMeasured makes measured, read from the engine by a measurement that
+// began when reserved was mark, the committed room, plus what was reserved
+// since mark. Storing measured alone lost those: a sweep measuring while a
+// vendor posted orders took them back, the store accepted more orders than
+// it had room to finish, and accepted orders got stuck on a full stream
+// (TestStoreFullRefusesNewOrdersOnly under -race). An order reserved during
+// the read may be counted twice, which only refuses new orders a little
+// early until the next measurement.
+func (s *orderStore) setMeasured(mark, measured int64) {
+	for {
+		cur := s.committed.Load()
+		if s.committed.CompareAndSwap(cur, measured+s.reserved.Load()-mark) {
+			return
+		}
+	}
 }
 
 // errConflict: the order changed since the state a write was judged against.
@@ -196,7 +223,7 @@ func (s *orderStore) writeWith(ctx context.Context, store func(context.Context, 
 	s.cache.put(r.OrderID, r, ack.Sequence)
 	if r.Event == EventPickup && r.Attempt == 1 {
 		// Later records are a little larger (a driver, a longer id).
-		s.committed.Add(lifecycleEvents * (storedSize(m) + int64(2*len(r.EventID))))
+		s.reserve(lifecycleEvents * (storedSize(m) + int64(2*len(r.EventID))))
 	}
 	return ack.Sequence, data, nil
 }
@@ -222,6 +249,7 @@ const lifecycleEvents = 4
 // event size. An order is in flight when it has a pickup and none of the
 // finishing events, counted by subject: each order has one subject of each.
 func (s *orderStore) measure(ctx context.Context) (stored, committed int64, err error) {
+	mark := s.reserved.Load()
 	info, err := s.stream.Info(ctx)
 	if err != nil {
 		return 0, 0, err
@@ -256,8 +284,8 @@ func (s *orderStore) measure(ctx context.Context) (stored, committed int64, err 
 		avg = stored / int64(info.State.Msgs)
 	}
 	committed = stored + max(inFlight, 0)*(lifecycleEvents-1)*avg
-	s.committed.Store(committed)
-	return stored, committed, nil
+	s.setMeasured(mark, committed)
+	return stored, s.committed.Load(), nil
 }
 
 // storedSize is about what the file store counts for m: its record header
