@@ -145,13 +145,19 @@ func (x *orderIndex) follow(ctx context.Context, js jetstream.JetStream) error {
 func (x *orderIndex) apply(r *parcel.Record, seq uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	v := x.byID[r.OrderID]
-	if v == nil {
-		v = &OrderView{}
-		x.byID[r.OrderID] = v
-	} else if v.Rev >= seq {
+	old := x.byID[r.OrderID]
+	if old != nil && old.Rev >= seq {
 		return
 	}
+	// A new view, not the old one changed: pages encode the views recent
+	// and friends returned after the lock is released (changed in place,
+	// the race detector caught Apply writing an order a page was encoding).
+	v := &OrderView{}
+	if old != nil {
+		*v = *old
+		v.Timeline = slices.Clip(slices.Clone(old.Timeline))
+	}
+	x.byID[r.OrderID] = v
 	v.Apply(r)
 	v.Rev = seq
 	x.seq++
