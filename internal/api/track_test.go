@@ -160,9 +160,9 @@ func TestTrackingPageInChromium(t *testing.T) {
 	o := th.create("rosa", map[string]any{"customer": "Ada", "address": "12 Analytical Row, London", "requirePIN": true})
 	pin := o.str("pin")
 	b := newBrowser(t, 390, 844)
-	b.do("a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile))
-	b.do("open the tracking link", chromedp.Navigate(o.str("trackingURL")))
-	b.until("the order received", `document.body.dataset.status === "created" && document.getElementById("status").textContent === "Order received"`)
+	b.Do("a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile))
+	b.Do("open the tracking link", chromedp.Navigate(o.str("trackingURL")))
+	b.Until("the order received", `document.body.dataset.status === "created" && document.getElementById("status").textContent === "Order received"`)
 	if got := eval[string](b, `document.getElementById("pin").textContent`); got != pin {
 		t.Errorf("the page shows PIN %q, want %q", got, pin)
 	}
@@ -171,18 +171,18 @@ func TestTrackingPageInChromium(t *testing.T) {
 	}
 	dora := th.driver("dora")
 	r := dora.next()
-	b.until("out for delivery, with the driver's name", `document.body.dataset.status === "in-transit" && document.getElementById("driver").textContent === "dora"`)
+	b.Until("out for delivery, with the driver's name", `document.body.dataset.status === "in-transit" && document.getElementById("driver").textContent === "dora"`)
 	if err := dora.report(r, parcel.EventFailed, map[string]any{"reason": "recipient-absent"}); err != nil {
 		t.Fatal(err)
 	}
 	r = dora.next()
-	b.until("the second attempt", `document.body.dataset.status === "in-transit" && document.querySelectorAll("#timeline li").length === 7`)
+	b.Until("the second attempt", `document.body.dataset.status === "in-transit" && document.querySelectorAll("#timeline li").length === 7`)
 	if got := eval[string](b, `document.querySelector("#timeline li[data-status=failed] span").textContent`); !strings.Contains(got, "nobody was home") {
 		t.Errorf("the failure reads %q", got)
 	}
-	b.screenshot("tracking-phone.png")
+	b.Screenshot("tracking-phone.png")
 	if err := dora.report(r, parcel.EventDelivered, map[string]any{"pin": pin}); err != nil {
 		t.Fatal(err)
 	}
-	b.until("delivered", `document.body.dataset.status === "delivered" && document.getElementById("pin-box").hidden`)
+	b.Until("delivered", `document.body.dataset.status === "delivered" && document.getElementById("pin-box").hidden`)
 }

@@ -56,21 +56,21 @@ func TestTokensDecideWhatThePageShows(t *testing.T) {
 	f.driver("dana", 50*time.Millisecond, 50*time.Millisecond, tok["dana"])
 
 	b := newBrowser(t, 1200, 900)
-	b.do("open the dashboard", chromedp.Navigate(th.url()))
-	b.until("the token dialog", `document.getElementById("login").open`)
+	b.Do("open the dashboard", chromedp.Navigate(th.url()))
+	b.Until("the token dialog", `document.getElementById("login").open`)
 
 	enter := func(b *browser, token string) {
-		b.do("enter a token", chromedp.SetValue(chromedp.CSS("#login-token"), token),
+		b.Do("enter a token", chromedp.SetValue(chromedp.CSS("#login-token"), token),
 			chromedp.Click(chromedp.CSS("#login-form button")))
 	}
 	enter(b, "caps_not-a-real-token")
-	b.until("the dialog again, saying why", `document.getElementById("login").open &&
+	b.Until("the dialog again, saying why", `document.getElementById("login").open &&
 		document.getElementById("login-why").textContent.includes("refused")`)
 
 	enter(b, tok["north"])
-	b.until("the page is ready", `document.body.dataset.ready === "true"`)
-	b.until("who the page is", `document.getElementById("identity").textContent.startsWith("vendor north")`)
-	b.until("north's orders delivered", `document.querySelectorAll("#orders tbody tr[data-status=delivered]").length >= 5`)
+	b.Until("the page is ready", `document.body.dataset.ready === "true"`)
+	b.Until("who the page is", `document.getElementById("identity").textContent.startsWith("vendor north")`)
+	b.Until("north's orders delivered", `document.querySelectorAll("#orders tbody tr[data-status=delivered]").length >= 5`)
 	// By now south has posted as many orders as north: none may show.
 	stores := eval[[]string](b, `[...new Set([...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent))]`)
 	if len(stores) != 1 || stores[0] != "north" {
@@ -84,26 +84,26 @@ func TestTokensDecideWhatThePageShows(t *testing.T) {
 			t.Errorf("vendor north's page shows %s", sel)
 		}
 	}
-	b.until("the sign-out button", `!document.getElementById("sign-out").hidden`)
+	b.Until("the sign-out button", `!document.getElementById("sign-out").hidden`)
 
 	// An admin, in another tab (its own session storage), sees both stores.
-	admin := b.tab()
-	admin.do("open the dashboard as admin", chromedp.Navigate(th.url()))
-	admin.until("the token dialog", `document.getElementById("login").open`)
+	admin := b.Tab()
+	admin.Do("open the dashboard as admin", chromedp.Navigate(th.url()))
+	admin.Until("the token dialog", `document.getElementById("login").open`)
 	enter(admin, tok["boss"])
-	admin.until("both stores", `new Set([...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent)).size === 2`)
-	admin.until("people", `document.querySelectorAll("#people-table tbody tr").length >= 4`)
+	admin.Until("both stores", `new Set([...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent)).size === 2`)
+	admin.Until("people", `document.querySelectorAll("#people-table tbody tr").length >= 4`)
 	// A chat token's page chats under the token's name, and sees no parcels.
-	carol := b.tab()
-	carol.do("open the dashboard as carol", chromedp.Navigate(th.url()))
-	carol.until("the token dialog", `document.getElementById("login").open`)
+	carol := b.Tab()
+	carol.Do("open the dashboard as carol", chromedp.Navigate(th.url()))
+	carol.Until("the token dialog", `document.getElementById("login").open`)
 	enter(carol, tok["carol"])
-	carol.until("no parcels for chat", `!document.getElementById("orders-notice").hidden`)
-	carol.until("no name to choose", `document.getElementById("chat-name").closest("label").hidden`)
-	carol.do("join the lobby", chromedp.Click(chromedp.CSS("#chat-join button")))
-	carol.until("in the lobby", `!document.getElementById("chat-box").hidden`)
-	carol.do("say hi", chromedp.SetValue(chromedp.CSS("#chat-text"), "hi from carol"), chromedp.Click(chromedp.CSS("#chat-send button")))
-	carol.until("her message", `[...document.querySelectorAll("#chat-log li")].some(li => li.textContent.includes("carol: hi from carol"))`)
+	carol.Until("no parcels for chat", `!document.getElementById("orders-notice").hidden`)
+	carol.Until("no name to choose", `document.getElementById("chat-name").closest("label").hidden`)
+	carol.Do("join the lobby", chromedp.Click(chromedp.CSS("#chat-join button")))
+	carol.Until("in the lobby", `!document.getElementById("chat-box").hidden`)
+	carol.Do("say hi", chromedp.SetValue(chromedp.CSS("#chat-text"), "hi from carol"), chromedp.Click(chromedp.CSS("#chat-send button")))
+	carol.Until("her message", `[...document.querySelectorAll("#chat-log li")].some(li => li.textContent.includes("carol: hi from carol"))`)
 
 	// The vendor's page still shows only its own store.
 	if n := eval[int](b, `[...document.querySelectorAll("#orders tbody td.store")].filter(td => td.textContent !== "north").length`); n != 0 {

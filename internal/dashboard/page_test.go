@@ -33,79 +33,79 @@ func TestPageShowsTheSystemLive(t *testing.T) {
 	term := startLineChat(t, th, "bob", "lobby")
 
 	b := newBrowser(t, 1400, 1000)
-	b.do("open the dashboard", chromedp.Navigate(th.url()))
-	b.until("the page is ready", `document.body.dataset.ready === "true"`)
-	b.until("the connection is up", `document.getElementById("conn-state").dataset.state === "connected"`)
+	b.Do("open the dashboard", chromedp.Navigate(th.url()))
+	b.Until("the page is ready", `document.body.dataset.ready === "true"`)
+	b.Until("the connection is up", `document.getElementById("conn-state").dataset.state === "connected"`)
 
 	// Orders appear, and one seen before delivery moves on to delivered.
-	b.until("an order not yet delivered", `!!document.querySelector("#orders tbody tr:not([data-status=delivered])")`)
+	b.Until("an order not yet delivered", `!!document.querySelector("#orders tbody tr:not([data-status=delivered])")`)
 	id := eval[string](b, `document.querySelector("#orders tbody tr:not([data-status=delivered])").dataset.id`)
-	b.until("order "+id+" delivered", `document.querySelector('#orders tbody tr[data-id="`+id+`"]')?.dataset.status === "delivered"`)
-	b.until("orders of three stores", `new Set([...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent)).size === 3`)
-	b.until("a delivered order timed in every stage",
+	b.Until("order "+id+" delivered", `document.querySelector('#orders tbody tr[data-id="`+id+`"]')?.dataset.status === "delivered"`)
+	b.Until("orders of three stores", `new Set([...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent)).size === 3`)
+	b.Until("a delivered order timed in every stage",
 		`[...document.querySelectorAll("#orders tbody tr[data-status=delivered]")].some(tr =>
 			[...tr.querySelectorAll("td.t")].every(td => /\d/.test(td.textContent)))`)
 
 	// Filter by store.
-	b.do("filter by store", chromedp.SetValue(chromedp.CSS("#f-store"), "pizza-palace"),
+	b.Do("filter by store", chromedp.SetValue(chromedp.CSS("#f-store"), "pizza-palace"),
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("f-store").dispatchEvent(new Event("change"))`))
-	b.until("only pizza-palace's orders", `(() => {
+	b.Until("only pizza-palace's orders", `(() => {
 		const s = [...document.querySelectorAll("#orders tbody td.store")].map(td => td.textContent);
 		return s.length > 0 && s.every(x => x === "pizza-palace");
 	})()`)
 	// And by status and driver together with it.
-	b.do("filter by status", chromedp.SetValue(chromedp.CSS("#f-status"), "delivered"),
+	b.Do("filter by status", chromedp.SetValue(chromedp.CSS("#f-status"), "delivered"),
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("f-status").dispatchEvent(new Event("change"))`))
-	b.until("only delivered pizza-palace orders", `(() => {
+	b.Until("only delivered pizza-palace orders", `(() => {
 		const rows = [...document.querySelectorAll("#orders tbody tr")];
 		return rows.length > 0 && rows.every(r => r.dataset.status === "delivered" && r.querySelector("td.store").textContent === "pizza-palace");
 	})()`)
 	driver := eval[string](b, `document.querySelector("#orders tbody td.driver").textContent`)
-	b.do("filter by driver", chromedp.SetValue(chromedp.CSS("#f-driver"), driver),
+	b.Do("filter by driver", chromedp.SetValue(chromedp.CSS("#f-driver"), driver),
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("f-driver").dispatchEvent(new Event("change"))`))
-	b.until("only "+driver+"'s orders", `[...document.querySelectorAll("#orders tbody td.driver")].every(td => td.textContent === `+js(driver)+`)`)
+	b.Until("only "+driver+"'s orders", `[...document.querySelectorAll("#orders tbody td.driver")].every(td => td.textContent === `+js(driver)+`)`)
 
 	// The timeline of a delivered order: what `caps track` shows.
-	b.do("open a timeline", chromedp.Click(chromedp.CSS("#orders tbody tr[data-status=delivered]")))
-	b.until("the timeline dialog", `document.getElementById("timeline").open`)
-	b.until("its four steps", `[...document.querySelectorAll("#timeline-steps tbody tr")].map(r => r.dataset.status).join(",") === "created,assigned,in-transit,delivered"`)
-	b.until("who carried it", `document.querySelector("#timeline-facts").textContent.includes("driver `+driver+`")`)
-	b.do("close the timeline", chromedp.Click(chromedp.CSS("#timeline .dialog-head button")))
-	b.until("the dialog closed", `!document.getElementById("timeline").open`)
-	b.do("clear the filters", chromedp.Evaluate[chromedp.Void](`for (const id of ["f-store", "f-status", "f-driver"]) {
+	b.Do("open a timeline", chromedp.Click(chromedp.CSS("#orders tbody tr[data-status=delivered]")))
+	b.Until("the timeline dialog", `document.getElementById("timeline").open`)
+	b.Until("its four steps", `[...document.querySelectorAll("#timeline-steps tbody tr")].map(r => r.dataset.status).join(",") === "created,assigned,in-transit,delivered"`)
+	b.Until("who carried it", `document.querySelector("#timeline-facts").textContent.includes("driver `+driver+`")`)
+	b.Do("close the timeline", chromedp.Click(chromedp.CSS("#timeline .dialog-head button")))
+	b.Until("the dialog closed", `!document.getElementById("timeline").open`)
+	b.Do("clear the filters", chromedp.Evaluate[chromedp.Void](`for (const id of ["f-store", "f-status", "f-driver"]) {
 		const s = document.getElementById(id); s.value = ""; s.dispatchEvent(new Event("change"));
 	}`))
 
 	// People: vendors, drivers with their loads, the chat user, the page.
-	b.until("people of every role", `(() => {
+	b.Until("people of every role", `(() => {
 		const roles = [...document.querySelectorAll("#people-table tbody tr")].map(r => r.dataset.role);
 		return ["vendor", "driver", "chat", "admin"].every(r => roles.includes(r)) && roles.filter(r => r === "driver").length === 3;
 	})()`)
-	b.until("drivers' loads", `[...document.querySelectorAll("#people-table tbody tr[data-role=driver] td.load")].every(td => /^\d+$/.test(td.textContent))`)
-	b.until("someone carrying parcels", `[...document.querySelectorAll("#people-table tbody tr[data-role=driver] td.load")].some(td => td.textContent !== "0")`)
+	b.Until("drivers' loads", `[...document.querySelectorAll("#people-table tbody tr[data-role=driver] td.load")].every(td => /^\d+$/.test(td.textContent))`)
+	b.Until("someone carrying parcels", `[...document.querySelectorAll("#people-table tbody tr[data-role=driver] td.load")].some(td => td.textContent !== "0")`)
 
 	// Traffic: lines in both charts, counters.
-	b.until("the message rate chart", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
-	b.until("the latency chart", `document.querySelectorAll("#chart-latency polyline").length >= 2`)
-	b.until("connections counted", `Number(document.querySelector("[data-stat=conns] dd").firstChild.textContent) >= 8`)
+	b.Until("the message rate chart", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
+	b.Until("the latency chart", `document.querySelectorAll("#chart-latency polyline").length >= 2`)
+	b.Until("connections counted", `Number(document.querySelector("[data-stat=conns] dd").firstChild.textContent) >= 8`)
 
 	// Chat: join as alice, hear bob's terminal, and be heard there.
-	b.do("join the chat", chromedp.SetValue(chromedp.CSS("#chat-name"), "alice"),
+	b.Do("join the chat", chromedp.SetValue(chromedp.CSS("#chat-name"), "alice"),
 		chromedp.Click(chromedp.CSS("#chat-join button")))
-	b.until("in the lobby", `!document.getElementById("chat-box").hidden && document.getElementById("chat-who").textContent.includes("bob")`)
+	b.Until("in the lobby", `!document.getElementById("chat-box").hidden && document.getElementById("chat-who").textContent.includes("bob")`)
 	term.waitFor(t, "[lobby] * alice joined")
-	b.do("say hello", chromedp.SetValue(chromedp.CSS("#chat-text"), "hello from the browser"),
+	b.Do("say hello", chromedp.SetValue(chromedp.CSS("#chat-text"), "hello from the browser"),
 		chromedp.Click(chromedp.CSS("#chat-send button")))
 	term.waitFor(t, "[lobby] alice: hello from the browser")
 	term.say("hi alice, bob here")
-	b.until("bob's answer in the page", `[...document.querySelectorAll("#chat-log li")].some(li => li.textContent.includes("bob: hi alice, bob here"))`)
+	b.Until("bob's answer in the page", `[...document.querySelectorAll("#chat-log li")].some(li => li.textContent.includes("bob: hi alice, bob here"))`)
 
 	// On a phone the page fits the width, the sections one under another.
-	phone := b.tab()
-	phone.do("open the dashboard as a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
+	phone := b.Tab()
+	phone.Do("open the dashboard as a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
 		chromedp.Navigate(th.url()))
-	phone.until("orders", `document.querySelectorAll("#orders tbody tr").length >= 4`)
-	phone.until("traffic", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
+	phone.Until("orders", `document.querySelectorAll("#orders tbody tr").length >= 4`)
+	phone.Until("traffic", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
 	if w := eval[int](phone, `document.documentElement.scrollWidth`); w > 390 {
 		t.Errorf("the page is %dpx wide on a 390px screen", w)
 	}
@@ -175,16 +175,16 @@ func TestPageRidesOutAHubRestart(t *testing.T) {
 	f.driver("dana", 100*time.Millisecond, 100*time.Millisecond, "")
 
 	b := newBrowser(t, 1200, 900)
-	b.do("open the dashboard", chromedp.Navigate(th.url()))
-	b.until("orders delivered", `document.querySelectorAll("#orders tbody tr[data-status=delivered]").length >= 3`)
+	b.Do("open the dashboard", chromedp.Navigate(th.url()))
+	b.Until("orders delivered", `document.querySelectorAll("#orders tbody tr[data-status=delivered]").length >= 3`)
 	th.stop()
-	b.until("the page notices", `["reconnecting", "connecting"].includes(document.getElementById("conn-state").dataset.state)`)
+	b.Until("the page notices", `["reconnecting", "connecting"].includes(document.getElementById("conn-state").dataset.state)`)
 	before := eval[[]string](b, `[...document.querySelectorAll("#orders tbody tr")].map(r => r.dataset.id)`)
 	th.start()
-	b.until("connected again", `document.getElementById("conn-state").dataset.state === "connected"`)
+	b.Until("connected again", `document.getElementById("conn-state").dataset.state === "connected"`)
 	seen := "new Set(" + jsList(before) + ")"
-	b.until("an order posted after the restart, delivered", `[...document.querySelectorAll("#orders tbody tr[data-status=delivered]")].some(r => !`+seen+`.has(r.dataset.id))`)
-	b.until("traffic from the new run", `document.querySelectorAll("#chart-rate polyline").length >= 1`)
+	b.Until("an order posted after the restart, delivered", `[...document.querySelectorAll("#orders tbody tr[data-status=delivered]")].some(r => !`+seen+`.has(r.dataset.id))`)
+	b.Until("traffic from the new run", `document.querySelectorAll("#chart-rate polyline").length >= 1`)
 }
 
 // jsList renders strings as a JavaScript array literal.

@@ -41,36 +41,36 @@ func TestScreenshots(t *testing.T) {
 	time.Sleep(75 * time.Second) // let the charts fill with real traffic
 
 	b := newBrowser(t, 1440, 900)
-	b.do("a laptop's screen", chromedp.EmulateViewport(1440, 900))
+	b.Do("a laptop's screen", chromedp.EmulateViewport(1440, 900))
 	signIn := func(b *browser, token string) {
-		b.do("open the dashboard", chromedp.Navigate(th.url()))
-		b.until("the token dialog", `document.getElementById("login").open`)
-		b.do("sign in", chromedp.SetValue(chromedp.CSS("#login-token"), token), chromedp.Click(chromedp.CSS("#login-form button")))
-		b.until("the page is ready", `document.body.dataset.ready === "true"`)
+		b.Do("open the dashboard", chromedp.Navigate(th.url()))
+		b.Until("the token dialog", `document.getElementById("login").open`)
+		b.Do("sign in", chromedp.SetValue(chromedp.CSS("#login-token"), token), chromedp.Click(chromedp.CSS("#login-form button")))
+		b.Until("the page is ready", `document.body.dataset.ready === "true"`)
 	}
 	signIn(b, tok["boss"])
-	b.until("traffic", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
-	b.until("people", `document.querySelectorAll("#people-table tbody tr").length >= 15`)
-	b.do("join the chat", chromedp.SetValue(chromedp.CSS("#chat-room"), "dispatch"), chromedp.Click(chromedp.CSS("#chat-join button")))
-	b.until("in the room", `!document.getElementById("chat-box").hidden`)
+	b.Until("traffic", `document.querySelectorAll("#chart-rate polyline").length >= 2`)
+	b.Until("people", `document.querySelectorAll("#people-table tbody tr").length >= 15`)
+	b.Do("join the chat", chromedp.SetValue(chromedp.CSS("#chat-room"), "dispatch"), chromedp.Click(chromedp.CSS("#chat-join button")))
+	b.Until("in the room", `!document.getElementById("chat-box").hidden`)
 	for _, line := range []string{"Rain on the north side: expect delays", "/me is watching bike-shop's queue"} {
-		b.do("chat", chromedp.SetValue(chromedp.CSS("#chat-text"), line), chromedp.Click(chromedp.CSS("#chat-send button")))
-		b.until("the line", `document.querySelectorAll("#chat-log li").length >= 1 && !document.getElementById("chat-text").disabled`)
+		b.Do("chat", chromedp.SetValue(chromedp.CSS("#chat-text"), line), chromedp.Click(chromedp.CSS("#chat-send button")))
+		b.Until("the line", `document.querySelectorAll("#chat-log li").length >= 1 && !document.getElementById("chat-text").disabled`)
 	}
 	time.Sleep(1500 * time.Millisecond) // a few live ticks
-	b.screenshot("dashboard.png")
+	b.Screenshot("dashboard.png")
 
-	b.do("show delivered orders", chromedp.SetValue(chromedp.CSS("#f-status"), "delivered"),
+	b.Do("show delivered orders", chromedp.SetValue(chromedp.CSS("#f-status"), "delivered"),
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("f-status").dispatchEvent(new Event("change"))`))
-	b.until("delivered first", `document.querySelector("#orders tbody tr").dataset.status === "delivered"`)
-	b.do("open a timeline", chromedp.Evaluate[chromedp.Void](`document.querySelector("#orders tbody tr").click()`))
-	b.until("the timeline", `document.querySelectorAll("#timeline-steps tbody tr").length >= 4`)
-	b.screenshot("dashboard-timeline.png")
+	b.Until("delivered first", `document.querySelector("#orders tbody tr").dataset.status === "delivered"`)
+	b.Do("open a timeline", chromedp.Evaluate[chromedp.Void](`document.querySelector("#orders tbody tr").click()`))
+	b.Until("the timeline", `document.querySelectorAll("#timeline-steps tbody tr").length >= 4`)
+	b.Screenshot("dashboard-timeline.png")
 
-	phone := b.tab()
-	phone.do("a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile))
+	phone := b.Tab()
+	phone.Do("a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile))
 	signIn(phone, tok["pizza-palace"])
-	phone.until("its orders", `document.querySelectorAll("#orders tbody tr").length >= 8`)
+	phone.Until("its orders", `document.querySelectorAll("#orders tbody tr").length >= 8`)
 	time.Sleep(1500 * time.Millisecond)
-	phone.screenshot("dashboard-vendor-phone.png")
+	phone.Screenshot("dashboard-vendor-phone.png")
 }
