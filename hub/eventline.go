@@ -4,7 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"time"
-	"unicode/utf8"
+
+	"github.com/caps-hub/caps/internal/jsonenc"
 )
 
 // eventTimeLayout is RFC 3339 with milliseconds, as the classroom hub prints.
@@ -17,9 +18,9 @@ const eventTimeLayout = "2006-01-02T15:04:05.000Z07:00"
 // other is a JSON string. scratch is reused for the compaction.
 func appendEventLine(dst []byte, scratch *bytes.Buffer, event, topic []byte, now time.Time, payload []byte) []byte {
 	dst = append(dst, `EVENT {"event":`...)
-	dst = appendJSONString(dst, event)
+	dst = jsonenc.AppendString(dst, event, true)
 	dst = append(dst, `,"topic":`...)
-	dst = appendJSONString(dst, topic)
+	dst = jsonenc.AppendString(dst, topic, true)
 	dst = append(dst, `,"time":"`...)
 	dst = now.UTC().AppendFormat(dst, eventTimeLayout)
 	dst = append(dst, `","payload":`...)
@@ -28,7 +29,7 @@ func appendEventLine(dst []byte, scratch *bytes.Buffer, event, topic []byte, now
 		// As json.Marshal does with a RawMessage: compact, then HTML-escape.
 		dst = appendHTMLEscaped(dst, scratch.Bytes())
 	} else {
-		dst = appendJSONString(dst, payload)
+		dst = jsonenc.AppendString(dst, payload, true)
 	}
 	return append(dst, "}\n"...)
 }
@@ -45,63 +46,6 @@ func (e *eventLog) writeEvent(event, topic []byte, now time.Time, payload []byte
 }
 
 const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string the way encoding/json writes
-// one (HTML characters escaped, invalid UTF-8 replaced).
-func appendJSONString[T ~string | ~[]byte](dst []byte, s T) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		if b := s[i]; b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch b {
-			case '\\', '"':
-				dst = append(dst, '\\', b)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		n := len(s) - i
-		if n > utf8.UTFMax {
-			n = utf8.UTFMax
-		}
-		r, size := utf8.DecodeRune([]byte(s[i : i+n]))
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
-}
 
 // appendHTMLEscaped appends compact JSON with <, >, &, U+2028 and U+2029
 // escaped, as json.HTMLEscape does.
