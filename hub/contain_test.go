@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -16,8 +15,7 @@ import (
 // bug) closes that session with a fatal "internal" error, cleans it up like
 // any disconnect, is counted, and the hub serves on.
 func TestSessionPanicIsContained(t *testing.T) {
-	h := New(Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "contain-test",
-		Logger: slog.New(slog.DiscardHandler)})
+	h := New(quietConfig(t, "contain-test"))
 	if err := h.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,29 @@ type frameConn struct {
 	rd *protocol.Reader
 }
 
+// quietConfig is an internal test's hub: loopback, no HTTP, no EVENT lines
+// or logs, its data in a temporary directory.
+func quietConfig(t *testing.T, name string) Config {
+	return Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: name,
+		Logger: slog.New(slog.DiscardHandler)}
+}
+
+// startInternal starts h until the test ends; a shutdown that fails fails
+// the test.
+func startInternal(t *testing.T, h *Hub) {
+	t.Helper()
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 func dialFrames(t *testing.T, h *Hub, name string) *frameConn {
 	t.Helper()
 	c, err := net.Dial("tcp", h.Addr().String())
@@ -71,8 +94,9 @@ func (fc *frameConn) next(wait time.Duration) *protocol.Frame {
 // across the engine call, for up to 10 s: every durable SUB on the hub
 // waited behind one slow engine call.)
 func TestSlowConsumerCreationBlocksOnlyItsDurable(t *testing.T) {
-	h := New(Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "lock-test",
-		Logger: slog.New(slog.DiscardHandler), Apps: []App{storeApp{}}})
+	cfg := quietConfig(t, "lock-test")
+	cfg.Apps = []App{storeApp{}}
+	h := New(cfg)
 	stuck, release := make(chan struct{}), make(chan struct{})
 	ensure := h.durables.ensure
 	h.durables.ensure = func(ctx context.Context, c consumerSpec) error {
@@ -89,16 +113,7 @@ func TestSlowConsumerCreationBlocksOnlyItsDurable(t *testing.T) {
 		}
 		return ensure(ctx, c)
 	}
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := h.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-	})
+	startInternal(t, h)
 
 	slow1, slow2, fast := dialFrames(t, h, "slow1"), dialFrames(t, h, "slow2"), dialFrames(t, h, "fast")
 	slow1.send(&protocol.Frame{Op: protocol.OpSub, ID: 1, Topic: []byte("store.a"), Key: []byte("slow")})

@@ -1,8 +1,6 @@
 package hub
 
 import (
-	"context"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -15,18 +13,8 @@ import (
 // plain subscriber gets it from the hub alone. Counted on the engine
 // connection that carries live publishes.
 func TestLivePublishSkipsAnEngineNobodyElseReaches(t *testing.T) {
-	h := New(Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "skip-test",
-		Logger: slog.New(slog.DiscardHandler)})
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := h.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-	})
+	h := New(quietConfig(t, "skip-test"))
+	startInternal(t, h)
 	if h.eng.Shared() {
 		t.Fatal("an embedded engine without cluster says it is shared")
 	}
@@ -78,18 +66,8 @@ func TestLivePublishSkipsAnEngineNobodyElseReaches(t *testing.T) {
 // follows subscriptions made and ended while it keeps publishing to the
 // same topic.
 func TestLocalMatchesFollowSubscriptions(t *testing.T) {
-	h := New(Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "cache-test",
-		Logger: slog.New(slog.DiscardHandler)})
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := h.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-	})
+	h := New(quietConfig(t, "cache-test"))
+	startInternal(t, h)
 	pub, a, b := dialFrames(t, h, "pub"), dialFrames(t, h, "a"), dialFrames(t, h, "b")
 	id := uint64(0)
 	publish := func(payload string) {
@@ -150,8 +128,7 @@ func TestLocalMatchesFollowSubscriptions(t *testing.T) {
 // (publishesStored) follows the topic it publishes to, and keeps its own
 // copy of it: the read loop reuses the buffer the topic came in.
 func TestPublishesStoredFollowsTheTopic(t *testing.T) {
-	h := New(Config{Addr: "127.0.0.1:0", HTTPAddr: "off", DataDir: t.TempDir(), Quiet: true, Name: "stored-cache-test",
-		Logger: slog.New(slog.DiscardHandler)})
+	h := New(quietConfig(t, "stored-cache-test"))
 	h.addStored("S", []string{"st.>"})
 	s := &Session{hub: h}
 	buf := []byte("st.a")
