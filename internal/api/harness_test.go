@@ -19,16 +19,14 @@ import (
 	"github.com/caps-hub/caps/hub"
 	"github.com/caps-hub/caps/internal/api"
 	"github.com/caps-hub/caps/internal/auth"
+	"github.com/caps-hub/caps/internal/browsertest"
 	"github.com/caps-hub/caps/internal/hubtest"
 	"github.com/caps-hub/caps/internal/parcel"
 	"github.com/caps-hub/caps/protocol"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, append(hubtest.LeakOptions(),
-		// chromedp's allocator reaps the browser process in the background.
-		goleak.IgnoreAnyFunction("github.com/chromedp/chromedp.(*ExecAllocator).Allocate.func2"),
-	)...)
+	goleak.VerifyTestMain(m, browsertest.LeakOptions()...)
 }
 
 // wait bounds how long a browser test waits for something that should

@@ -16,7 +16,16 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"go.uber.org/goleak"
+
+	"github.com/caps-hub/caps/internal/hubtest"
 )
+
+// LeakOptions are hubtest's, and chromedp's: its allocator reaps the
+// browser process in the background. For a TestMain's goleak check.
+func LeakOptions() []goleak.Option {
+	return append(hubtest.LeakOptions(), goleak.IgnoreAnyFunction("github.com/chromedp/chromedp.(*ExecAllocator).Allocate.func2"))
+}
 
 // Wait is how long an action or a condition may take.
 const Wait = 30 * time.Second

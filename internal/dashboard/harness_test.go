@@ -14,6 +14,7 @@ import (
 
 	"github.com/caps-hub/caps/client"
 	"github.com/caps-hub/caps/hub"
+	"github.com/caps-hub/caps/internal/browsertest"
 	"github.com/caps-hub/caps/internal/chat"
 	"github.com/caps-hub/caps/internal/dashboard"
 	"github.com/caps-hub/caps/internal/hubtest"
@@ -22,10 +23,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, append(hubtest.LeakOptions(),
-		// chromedp's allocator reaps the browser process in the background.
-		goleak.IgnoreAnyFunction("github.com/chromedp/chromedp.(*ExecAllocator).Allocate.func2"),
-	)...)
+	goleak.VerifyTestMain(m, browsertest.LeakOptions()...)
 }
 
 // wait bounds how long a test waits for something that should happen soon.
